@@ -1,0 +1,160 @@
+"""Content-addressed, atomically written artifacts.
+
+Why: tasks hand each other *manifests* (paths + content hashes), never data, and a
+half-written file must never be visible under its final name — a killed run or two
+concurrent runs must not leave a truncated Parquet that a later run would trust.
+Every writer here writes to a temporary file in the same directory, fsyncs, then
+``os.replace``s it into place (atomic on POSIX).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_text(*parts: str) -> str:
+    """Hex SHA-256 of the given strings joined by NUL (so ('a','bc') != ('ab','c'))."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def stable_json(obj: Any) -> str:
+    """Canonical JSON used for hashing parameters (sorted keys, no spaces)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to ``final``; on success move it into place atomically.
+
+    Use for writers that want a path (``df.to_parquet(tmp)``, ``np.save(tmp)``).
+    On an exception the temporary file is removed and ``final`` is untouched.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + suffix, dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> Path:
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, array)
+    return Path(path)
+
+
+def write_parquet_atomic(path: str | os.PathLike, df) -> Path:
+    """Write a pandas DataFrame as Parquet atomically (pyarrow engine, no index)."""
+    with atomic_path(path, suffix=".parquet") as tmp:
+        df.to_parquet(tmp, engine="pyarrow", index=False)
+    return Path(path)
+
+
+@dataclass
+class FileRef:
+    """A file an artifact consists of: where it is and what its bytes hash to."""
+
+    path: str
+    sha256: str
+    bytes: int
+
+    @classmethod
+    def of(cls, path: str | os.PathLike) -> "FileRef":
+        p = Path(path)
+        return cls(path=str(p.resolve()), sha256=sha256_file(p), bytes=p.stat().st_size)
+
+    def problem(self) -> str | None:
+        """None if the file is there with the recorded hash, else what is wrong."""
+        p = Path(self.path)
+        if not p.exists():
+            return f"{self.path}: missing"
+        size = p.stat().st_size
+        if size != self.bytes:
+            return f"{self.path}: size {size} != recorded {self.bytes}"
+        if sha256_file(p) != self.sha256:
+            return f"{self.path}: content hash differs from the recorded one"
+        return None
+
+
+@dataclass
+class Manifest:
+    """What a task returns: named files with hashes, small metrics, and lists of partitions."""
+
+    stage: str
+    files: dict[str, FileRef] = field(default_factory=dict)
+    partitions: list[FileRef] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def all_files(self) -> list[FileRef]:
+        return list(self.files.values()) + list(self.partitions)
+
+    def fingerprint(self) -> str:
+        """Hash of the content hashes: what downstream cache keys are built from."""
+        parts = [f"{k}={v.sha256}" for k, v in sorted(self.files.items())]
+        parts += [p.sha256 for p in self.partitions]
+        return sha256_text(self.stage, *parts)
+
+    def problems(self) -> list[str]:
+        return [p for f in self.all_files() if (p := f.problem())]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "files": {k: vars(v) for k, v in self.files.items()},
+            "partitions": [vars(p) for p in self.partitions],
+            "metrics": self.metrics,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Manifest":
+        return cls(
+            stage=d["stage"],
+            files={k: FileRef(**v) for k, v in d.get("files", {}).items()},
+            partitions=[FileRef(**p) for p in d.get("partitions", [])],
+            metrics=d.get("metrics", {}),
+        )
