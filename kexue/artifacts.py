@@ -158,3 +158,30 @@ class Manifest:
             partitions=[FileRef(**p) for p in d.get("partitions", [])],
             metrics=d.get("metrics", {}),
         )
+
+
+def save_content_addressed(directory: str | os.PathLike, suffix: str, write) -> FileRef:
+    """Write via ``write(tmp_path)``, then file the bytes under ``<dir>/<sha[:2]>/<sha><suffix>``.
+
+    Why content-addressed: identical content lands at the identical path, so an unchanged
+    partition keeps its path (and downstream cache keys) across runs, and two concurrent
+    runs writing the same content cannot corrupt each other.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".ca.", suffix=".tmp" + suffix, dir=directory)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        digest = sha256_file(tmp_path)
+        final = directory / digest[:2] / f"{digest}{suffix}"
+        final.parent.mkdir(exist_ok=True)
+        os.replace(tmp_path, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+    return FileRef(path=str(final.resolve()), sha256=digest, bytes=final.stat().st_size)

@@ -1,0 +1,114 @@
+"""Stage runners: how each ``task:`` of pipeline.yaml is submitted to the cluster.
+
+A runner takes the validated params and the upstream stages' manifests, submits Prefect
+tasks (``.submit``/``.map`` — only those reach Dask), waits with a progress bar, and
+returns the stage's manifest and whether every task came from the cache.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from prefect import unmapped
+from prefect.futures import PrefectFuture, as_completed
+
+from kexue.artifacts import Manifest
+from kexue.tokenize import prf
+from tasks.caching import Store
+from tasks.text import (
+    count_partition_task,
+    ingest_task,
+    merge_counts_task,
+    source_fingerprints,
+    tokenize_partition_task,
+    vocabulary_task,
+)
+
+
+@dataclass
+class StageContext:
+    store: Store
+    progress: Any = None  # rich.progress.Progress or None
+    resources: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass
+class StageOutcome:
+    manifest: Manifest
+    cached: bool
+
+
+def wait(ctx: StageContext, futures: list[PrefectFuture], label: str) -> list[Any]:
+    """Results of futures in submission order, advancing a progress bar as they finish."""
+    bar = ctx.progress.add_task(label, total=len(futures)) if ctx.progress else None
+    for _ in as_completed(futures):
+        if bar is not None:
+            ctx.progress.advance(bar)
+    if bar is not None:
+        ctx.progress.remove_task(bar)
+    return [f.result() for f in futures]
+
+
+def all_cached(futures: list[PrefectFuture]) -> bool:
+    return all(f.state.name == "Cached" for f in futures)
+
+
+def run_ingest(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
+    fut = ingest_task.submit(ctx.store, params, source_fingerprints(params, ctx.store.base_dir))
+    (manifest,) = wait(ctx, [fut], "ingest")
+    return StageOutcome(manifest, all_cached([fut]))
+
+
+def run_tokenize(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
+    (ingested,) = upstream.values()
+    futures = tokenize_partition_task.map(store=unmapped(ctx.store), partition=ingested.partitions, params=unmapped(params))
+    results: list[Manifest] = wait(ctx, list(futures), f"tokenize {len(futures)} partitions")
+    totals: dict[str, int] = {}
+    for m in results:
+        for k, v in m.metrics.items():
+            if isinstance(v, int):
+                totals[k] = totals.get(k, 0) + v
+    metrics: dict[str, Any] = {"partitions": len(results), "documents": totals.get("documents", 0),
+                               "tokens": totals.get("tokens", 0), "characters": totals.get("characters", 0),
+                               "partitions_cached": sum(f.state.name == "Cached" for f in futures)}
+    if totals.get("seg_docs"):
+        metrics["segmentation"] = {**prf(totals["seg_tp"], totals["seg_pred"], totals["seg_gold"]),
+                                   "documents": totals["seg_docs"]}
+    repaired = [r for m in results for r in m.metrics.get("repaired") or []]
+    if repaired:
+        metrics["repaired"] = repaired
+    manifest = Manifest(stage="tokenize", partitions=[m.partitions[0] for m in results], metrics=metrics)
+    return StageOutcome(manifest, all_cached(list(futures)))
+
+
+def run_count(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
+    (tokens,) = upstream.values()
+    partials = list(count_partition_task.map(store=unmapped(ctx.store), tokens=tokens.partitions, batch_docs=unmapped(params["batch_docs"])))
+    futures: list[PrefectFuture] = list(partials)
+    level = partials
+    fanin = params["merge_fanin"]
+    while len(level) > 1:  # tree merge on the cluster: no task ever holds every partial
+        level = [merge_counts_task.submit(ctx.store, level[i:i + fanin]) if len(level[i:i + fanin]) > 1 else level[i]
+                 for i in range(0, len(level), fanin)]
+        futures += [f for f in level if f not in futures]
+    vocab = vocabulary_task.submit(ctx.store, level[0])
+    futures.append(vocab)
+    wait(ctx, futures, f"count {len(partials)} partitions")
+    return StageOutcome(vocab.result(), all_cached(futures))
+
+
+Runner = Callable[[StageContext, dict, dict[str, Manifest]], StageOutcome]
+
+RUNNERS: dict[str, Runner] = {
+    "ingest": run_ingest,
+    "tokenize": run_tokenize,
+    "count": run_count,
+}
+
+
+def summarize_files(manifest: Manifest) -> dict[str, Any]:
+    files: dict[str, Any] = {k: v.path for k, v in manifest.files.items()}
+    if manifest.partitions:
+        files["partitions"] = [p.path for p in manifest.partitions]
+    return files
+

@@ -1,0 +1,105 @@
+"""Cascading Rejection (Shin et al. 2019, "A Simple yet Effective Way for Improving the
+Performance of GANs") as a Keras 3 layer.
+
+Why: a plain discriminator scores its feature vector v with one direction w (D = ⟨v, w⟩)
+and ignores everything orthogonal to w. Cascading Rejection keeps rejecting: after each
+score it removes v's component along that w and scores what is left with a fresh
+direction, so the generator must also match the real data in the directions the first
+cascade threw away:
+
+    v₁ = v
+    D_k = ⟨v_k, w_k⟩
+    v_{k+1} = v_k − (⟨v_k, w_k⟩ / ‖w_k‖²) w_k          (so ⟨v_{k+1}, w_k⟩ = 0)
+
+The layer returns the N scores (batch, N); N = 1 is exactly the plain linear score ⟨v, w⟩.
+Each score then gets its own GAN loss (see ``kexue.gan``).
+"""
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+def cascade(v, w, epsilon: float = 0.0):
+    """Scores and residuals of the cascade of feature vectors ``v`` (batch, d) against the
+    columns of ``w`` (d, N).
+
+    Returns ``(scores, residuals)``: scores is (batch, N) with column k = ⟨v_k, w_k⟩;
+    residuals is the list [v₁, …, v_N, v_{N+1}] so the orthogonality ⟨v_{k+1}, w_k⟩ = 0 can be
+    checked. ``epsilon`` guards ‖w_k‖² against a zero column.
+    """
+    residuals = [v]
+    scores = []
+    for k in range(ops.shape(w)[1]):
+        w_k = w[:, k]
+        d_k = ops.matmul(residuals[-1], w_k)  # (batch,)
+        scores.append(d_k)
+        coef = d_k / (ops.sum(ops.square(w_k)) + epsilon)
+        residuals.append(residuals[-1] - ops.expand_dims(coef, 1) * ops.expand_dims(w_k, 0))
+    return ops.stack(scores, axis=1), residuals
+
+
+@keras.saving.register_keras_serializable(package="kexue")
+class CascadingRejection(keras.layers.Layer):
+    """N cascaded linear scores of a feature vector, each on what the previous ones rejected.
+
+    Args:
+        cascades: N ≥ 1, the number of scores (N = 1: the plain ⟨v, w⟩ discriminator head).
+        kernel_initializer, kernel_regularizer, kernel_constraint: for the (d, N) matrix whose
+            column k is w_k.
+        epsilon: added to ‖w_k‖² in the rejection, so a zero column cannot divide by zero.
+
+    Input shape: (batch, d). Output shape: (batch, N).
+    """
+
+    def __init__(
+        self,
+        cascades: int = 1,
+        kernel_initializer="glorot_uniform",
+        kernel_regularizer=None,
+        kernel_constraint=None,
+        epsilon: float = 1e-12,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if int(cascades) != cascades or cascades < 1:
+            raise ValueError(f"cascades must be a positive integer, got {cascades!r}")
+        if epsilon < 0:
+            raise ValueError(f"epsilon must be >= 0, got {epsilon!r}")
+        self.cascades = int(cascades)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.epsilon = float(epsilon)
+        self.input_spec = keras.layers.InputSpec(ndim=2)
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        if dim is None:
+            raise ValueError("CascadingRejection needs a known feature dimension")
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(dim, self.cascades),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
+        )
+        self.input_spec = keras.layers.InputSpec(ndim=2, axes={-1: dim})
+
+    def call(self, inputs):
+        scores, _ = cascade(inputs, ops.cast(self.kernel, inputs.dtype), self.epsilon)
+        return scores
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.cascades)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "cascades": self.cascades,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+            "epsilon": self.epsilon,
+        })
+        return config

@@ -1,0 +1,233 @@
+"""Loading and validating ``pipeline.yaml`` and the profiles in ``conf/``.
+
+Why a whole-graph check at load time (as Kedro does): a typo in a stage name or parameter
+should fail in the first second, naming the key, not an hour later inside a Dask worker.
+YAML is read with ``yaml.safe_load`` only; config values are data, never evaluated.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file and the dotted key it concerns."""
+
+
+def did_you_mean(name: str, choices) -> str:
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------- pipeline
+class StageSpec(StrictModel):
+    """One node of the DAG: which task runs it, which stages feed it, its parameters."""
+
+    task: str
+    inputs: list[str] = Field(default_factory=list)
+    params: dict[str, Any] = Field(default_factory=dict)
+    enabled: bool = True
+
+
+class PipelineSpec(StrictModel):
+    stages: dict[str, StageSpec]
+
+
+# ----------------------------------------------------------------------------- profiles
+class DaskSpec(StrictModel):
+    """Where tasks run: a LocalCluster we start, or an existing scheduler by address."""
+
+    address: str | None = None  # e.g. tcp://127.0.0.1:8786; None = start a LocalCluster
+    n_workers: int = Field(2, ge=1)
+    threads_per_worker: int = Field(1, ge=1)
+    processes: bool = True
+    memory_limit: str | None = "auto"
+    dashboard_address: str = "127.0.0.1:8787"
+    dashboard_link: str | None = None  # template for distributed.dashboard.link
+    security: dict[str, Any] = Field(default_factory=dict)  # passed to distributed.Security
+    resources: dict[str, dict[str, float]] = Field(default_factory=dict)  # stage -> {GPU: 1}
+
+
+class PrefectSpec(StrictModel):
+    """Which Prefect API records the run: an embedded one we start, or a server by URL."""
+
+    api: Literal["embedded", "url", "environment"] = "embedded"
+    api_url: str | None = None
+    logging_level: str = "WARNING"
+    startup_timeout: int = Field(120, ge=10)
+
+
+class ProfileSpec(StrictModel):
+    data_dir: str = "./data"
+    dask: DaskSpec = Field(default_factory=DaskSpec)
+    prefect: PrefectSpec = Field(default_factory=PrefectSpec)
+    # dotted overrides applied to pipeline.yaml, e.g. {"jose.epochs": 1}
+    set: dict[str, Any] = Field(default_factory=dict)
+    description: str = ""
+
+
+def _format_validation_error(err: ValidationError, where: str, model: type[BaseModel] | None = None) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key" + did_you_mean(e["loc"][-1], _fields_at(model, e["loc"]))
+        lines.append(f"{where}: {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def _fields_at(model: type[BaseModel] | None, loc) -> list[str]:
+    """Field names of the model that owns the last element of ``loc`` (for did-you-mean)."""
+    for part in loc[:-1]:
+        if model is None:
+            return []
+        field = model.model_fields.get(str(part))
+        if field is None:  # an element of a dict/list of models: keep the value model
+            continue
+        ann = field.annotation
+        inner = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else (inner[-1] if inner else None)
+        if model is None and str(part) == "stages":
+            model = StageSpec
+    return list(model.model_fields) if model else []
+
+
+def read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'tokenize.backend=jieba'`` → ``('tokenize.backend', 'jieba')``; the value is YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected stage.param=value")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def apply_override(stages: dict[str, Any], key: str, value: Any, where: str) -> None:
+    """Set ``stage.param[.sub...]`` inside the raw stages mapping."""
+    parts = key.split(".")
+    if len(parts) < 2:
+        raise ConfigError(f"{where}: {key!r}: expected stage.param=value")
+    stage = parts[0]
+    if stage not in stages:
+        raise ConfigError(f"{where}: {key!r}: unknown stage {stage!r}" + did_you_mean(stage, stages))
+    node = stages[stage]
+    if parts[1] in ("enabled", "inputs", "task"):
+        node[parts[1]] = value
+        return
+    node = node.setdefault("params", {})
+    for p in parts[1:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: {key!r}: {p!r} is not a mapping")
+    node[parts[-1]] = value
+
+
+class Config(BaseModel):
+    """The validated whole: pipeline stages (with overrides applied) and the profile."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    pipeline_path: str
+    profile_name: str
+    profile: ProfileSpec
+    pipeline: PipelineSpec
+    params: dict[str, Any]  # stage -> validated params (plain dicts)
+    raw: dict[str, Any]  # what was loaded, after overrides (recorded in the run summary)
+
+    @property
+    def data_dir(self) -> Path:
+        base = Path(self.profile.data_dir)
+        if not base.is_absolute():
+            base = Path(self.pipeline_path).resolve().parent / base
+        return base
+
+
+ParamValidator = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def load_config(
+    pipeline_path: str | Path = "pipeline.yaml",
+    profile: str | Path = "local",
+    overrides: list[str] | None = None,
+    validators: dict[str, ParamValidator] | None = None,
+) -> Config:
+    """Read, override and validate the pipeline and profile; raise ConfigError naming the key."""
+    pipeline_path = Path(pipeline_path)
+    raw = read_yaml(pipeline_path)
+    if not isinstance(raw, dict) or not isinstance(raw.get("stages"), dict):
+        raise ConfigError(f"{pipeline_path}: expected a mapping with a 'stages' mapping at the top")
+    raw = copy.deepcopy(raw)
+
+    profile_path = Path(profile)
+    if profile_path.suffix not in (".yaml", ".yml"):
+        profile_path = pipeline_path.resolve().parent / "conf" / f"{profile}.yaml"
+    try:
+        prof = ProfileSpec.model_validate(read_yaml(profile_path))
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, str(profile_path), ProfileSpec)) from None
+
+    for key, value in prof.set.items():
+        apply_override(raw["stages"], key, value, f"{profile_path}: set")
+    for text in overrides or []:
+        key, value = parse_override(text)
+        apply_override(raw["stages"], key, value, "--set")
+
+    try:
+        spec = PipelineSpec.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, str(pipeline_path), PipelineSpec)) from None
+
+    from kexue.dag import check_dag
+
+    check_dag({n: s.inputs for n, s in spec.stages.items()}, where=str(pipeline_path))
+    validators = validators or {}
+    params = {}
+    for name, stage in spec.stages.items():
+        if stage.task not in validators:
+            raise ConfigError(
+                f"{pipeline_path}: stages.{name}.task: unknown task {stage.task!r}"
+                + did_you_mean(stage.task, validators)
+            )
+        try:
+            params[name] = validators[stage.task](stage.params)
+        except ValidationError as e:
+            raise ConfigError(_format_validation_error(e, f"{pipeline_path}: stages.{name}.params", getattr(validators[stage.task], "model", None))) from None
+        except (ValueError, TypeError, KeyError) as e:
+            raise ConfigError(f"{pipeline_path}: stages.{name}.params: {e}") from None
+    return Config(
+        pipeline_path=str(pipeline_path.resolve()),
+        profile_name=profile_path.stem,
+        profile=prof,
+        pipeline=spec,
+        params=params,
+        raw=raw,
+    )
+
+
+def validator_for(model: type[BaseModel]) -> ParamValidator:
+    """Turn a pydantic params model into a validator returning a plain dict with defaults."""
+
+    def validate(params: dict[str, Any]) -> dict[str, Any]:
+        return model.model_validate(params).model_dump(mode="json")
+
+    validate.__name__ = f"validate_{model.__name__}"
+    validate.model = model  # for did-you-mean on unknown keys
+    return validate

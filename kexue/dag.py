@@ -1,0 +1,42 @@
+"""Whole-graph checks for the stage DAG: unknown inputs, self-loops, cycles, order."""
+from __future__ import annotations
+
+from graphlib import CycleError, TopologicalSorter
+
+
+def check_dag(inputs: dict[str, list[str]], where: str = "pipeline") -> list[str]:
+    """Validate ``{stage: [upstream stages]}`` and return a topological order.
+
+    Raises ValueError naming the stage and the bad input (with a did-you-mean suggestion).
+    """
+    from kexue.config import ConfigError, did_you_mean
+
+    for stage, ups in inputs.items():
+        seen = set()
+        for up in ups:
+            if up not in inputs:
+                raise ConfigError(
+                    f"{where}: stages.{stage}.inputs: unknown stage {up!r}" + did_you_mean(up, inputs)
+                )
+            if up == stage:
+                raise ConfigError(f"{where}: stages.{stage}.inputs: a stage cannot depend on itself")
+            if up in seen:
+                raise ConfigError(f"{where}: stages.{stage}.inputs: {up!r} listed twice")
+            seen.add(up)
+    try:
+        return list(TopologicalSorter(inputs).static_order())
+    except CycleError as e:
+        cycle = " -> ".join(e.args[1])
+        raise ConfigError(f"{where}: the stages form a cycle: {cycle}") from None
+
+
+def with_upstream(inputs: dict[str, list[str]], wanted: list[str]) -> set[str]:
+    """The wanted stages plus everything they (transitively) depend on."""
+    out: set[str] = set()
+    todo = list(wanted)
+    while todo:
+        s = todo.pop()
+        if s not in out:
+            out.add(s)
+            todo.extend(inputs[s])
+    return out

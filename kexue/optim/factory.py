@@ -1,0 +1,101 @@
+"""Build an optimizer from its ``pipeline.yaml`` spec.
+
+One dict selects the base Keras optimizer and switches on the derived variants;
+Keras' own constructor arguments do weight decay, gradient accumulation, EMA and
+clipping, and ``kexue.optim`` wrappers do the rest. Wrapping order (inner to
+outer): base → LayerAdaptation → Lazy → Lookahead, so the trust ratio sees the
+full dense step, lazy rows are restored after it, and Lookahead interpolates the
+final weights.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+
+from kexue.optim.layer_adaptation import LayerAdaptation
+from kexue.optim.lazy import Lazy
+from kexue.optim.lookahead import Lookahead
+from kexue.optim.schedule import PiecewiseLinear
+
+DERIVED_KEYS = {
+    "name": "Keras optimizer name, e.g. 'adam', 'sgd', 'adamw', 'lamb', 'rmsprop' (default 'adam')",
+    "schedule": "{step: multiplier} piecewise-linear learning-rate multipliers",
+    "accumulation_steps": "number of micro-batches averaged per update (1 = off)",
+    "layer_adaptation": "true, or a list of variable-path substrings to exclude from it",
+    "lookahead": "{k: int, alpha: float}, or null",
+    "lazy": "true (all variables), a list of variable-path substrings, or false",
+}
+LOOKAHEAD_KEYS = ("k", "alpha")
+
+
+BASE_OPTIMIZERS: dict[str, type[keras.optimizers.Optimizer]] = {
+    cls.__name__.lower(): cls
+    for cls in vars(keras.optimizers).values()
+    if isinstance(cls, type)
+    and issubclass(cls, keras.optimizers.Optimizer)
+    and cls.__name__ not in ("Optimizer", "LossScaleOptimizer", "MultiOptimizer")  # need other optimizers as arguments
+}
+
+
+def _base_class(name: str) -> type[keras.optimizers.Optimizer]:
+    key = str(name).lower()
+    if key not in BASE_OPTIMIZERS:
+        close = difflib.get_close_matches(key, list(BASE_OPTIMIZERS), n=2)
+        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"Unknown optimizer name {name!r}.{hint} Known: {', '.join(sorted(BASE_OPTIMIZERS))}.")
+    return BASE_OPTIMIZERS[key]
+
+
+def _check_keys(keys, allowed, where: str) -> None:
+    for key in keys:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"Unknown key {key!r} in {where}.{hint} Allowed: {', '.join(sorted(map(str, allowed)))}."
+            )
+
+
+def build_optimizer(spec: Mapping[str, Any]) -> keras.optimizers.Optimizer:
+    """Return a fresh optimizer for ``spec`` (see ``DERIVED_KEYS`` for the non-Keras keys).
+
+    Every other key is a constructor argument of the chosen Keras optimizer
+    (``learning_rate``, ``beta_1``, ``weight_decay``, ``use_ema``, ``clipnorm``, ...).
+    Unknown keys raise ``ValueError`` naming the key and the closest valid one.
+    """
+    spec = dict(spec)
+    base_class = _base_class(spec.pop("name", "adam"))
+    base_keys = set(inspect.signature(base_class.__init__).parameters) - {"self", "kwargs", "name"}
+    _check_keys(spec, base_keys | set(DERIVED_KEYS), f"optimizer spec for {base_class.__name__}")
+
+    schedule = spec.pop("schedule", None)
+    accumulation_steps = spec.pop("accumulation_steps", None)
+    layer_adaptation = spec.pop("layer_adaptation", False)
+    lookahead = spec.pop("lookahead", None)
+    lazy = spec.pop("lazy", False)
+
+    if accumulation_steps is not None and accumulation_steps != 1:
+        if spec.get("gradient_accumulation_steps") is not None:
+            raise ValueError("Give `accumulation_steps` or `gradient_accumulation_steps`, not both.")
+        spec["gradient_accumulation_steps"] = int(accumulation_steps)
+    if "learning_rate" in spec:
+        spec["learning_rate"] = float(spec["learning_rate"])
+    if schedule is not None:
+        default_lr = inspect.signature(base_class.__init__).parameters["learning_rate"].default
+        spec["learning_rate"] = PiecewiseLinear(spec.get("learning_rate", default_lr), schedule)
+
+    optimizer = base_class(**spec)
+    if layer_adaptation:
+        exclude = None if layer_adaptation is True else list(layer_adaptation)
+        optimizer = LayerAdaptation(optimizer, exclude=exclude)
+    if lazy:
+        optimizer = Lazy(optimizer, include=None if lazy is True else list(lazy))
+    if lookahead:
+        _check_keys(lookahead, LOOKAHEAD_KEYS, "optimizer spec `lookahead`")
+        optimizer = Lookahead(optimizer, **lookahead)
+    return optimizer

@@ -1,0 +1,66 @@
+"""Prefect tasks for the text front half: ingest, tokenize (per partition), count (tree merge).
+
+Thin wrappers: read inputs named by manifests, call ``kexue``, write artifacts, return
+a manifest. Nothing here decides *what* to compute — that is ``kexue`` — or *where* —
+that is the flow.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kexue import count as kcount
+from kexue import tokenize as ktok
+from kexue.artifacts import FileRef, Manifest, save_content_addressed, sha256_text, stable_json, write_json_atomic
+from kexue.ingest import ingest as run_ingest
+from kexue.sources import SourceSpec
+from tasks.caching import Store, kexue_task
+
+
+@kexue_task("ingest", code=("kexue.ingest", "kexue.sources", "kexue.corpora"))
+def ingest_task(store: Store, params: dict[str, Any], source_fingerprints: list[str]) -> Manifest:
+    """All sources → partitions. ``source_fingerprints`` (content hashes) make the cache key."""
+    out = store.stage_dir("ingest", sha256_text(stable_json(params), *source_fingerprints))
+    res = run_ingest(params, store.base_dir, out, partitions_dir=store.stage_dir("ingest") / "partitions")
+    report = write_json_atomic(out / "report.json", res.report)
+    return Manifest(
+        stage="ingest",
+        files={"quarantine": FileRef.of(res.quarantine), "conflicts": FileRef.of(res.conflicts), "report": FileRef.of(report)},
+        partitions=res.partitions,
+        metrics={k: v for k, v in res.report.items()},
+    )
+
+
+@kexue_task("tokenize-partition", code=("kexue.tokenize",))
+def tokenize_partition_task(store: Store, partition: FileRef, params: dict[str, Any]) -> Manifest:
+    frame, stats = ktok.tokenize_partition(partition.path, params)
+    ref = save_content_addressed(store.stage_dir("tokenize") / "partitions", ".parquet", lambda t: frame.to_parquet(t, index=False))
+    return Manifest(stage="tokenize", partitions=[ref], metrics=stats)
+
+
+@kexue_task("count-partition", code=("kexue.count",))
+def count_partition_task(store: Store, tokens: FileRef, batch_docs: int) -> FileRef:
+    frame = kcount.count_partition(tokens.path, batch_docs)
+    return save_content_addressed(store.stage_dir("count") / "partials", ".parquet", lambda t: frame.to_parquet(t, index=False))
+
+
+@kexue_task("count-merge", code=("kexue.count",))
+def merge_counts_task(store: Store, partials: list[FileRef]) -> FileRef:
+    frame = kcount.merge_partials([pd.read_parquet(p.path) for p in partials])
+    return save_content_addressed(store.stage_dir("count") / "partials", ".parquet", lambda t: frame.to_parquet(t, index=False))
+
+
+@kexue_task("vocabulary", code=("kexue.count", "kexue.corpora"))
+def vocabulary_task(store: Store, total: FileRef) -> Manifest:
+    vocab = kcount.vocabulary(pd.read_parquet(total.path))
+    ref = save_content_addressed(store.stage_dir("count") / "vocabulary", ".parquet", lambda t: vocab.to_parquet(t, index=False))
+    return Manifest(stage="count", files={"vocabulary": ref}, metrics=kcount.vocabulary_metrics(vocab))
+
+
+def source_fingerprints(params: dict[str, Any], base_dir: str) -> list[str]:
+    """Content hashes of the configured sources (computed where the flow runs)."""
+    from kexue.sources import source_fingerprint
+
+    return [source_fingerprint(SourceSpec.model_validate(s), Path(base_dir)) for s in params["sources"]]

@@ -1,0 +1,265 @@
+"""Cascading Rejection layer, the CR-GAN with checkpoint/resume, and the image sources."""
+import os
+
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")  # before TensorFlow starts: tests share 2 cores
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from kexue.cascading import CascadingRejection, cascade
+from kexue.gan import CascadeGAN, build_gan, make_discriminator, train_gan
+from kexue.images import load_images, write_images
+
+# --------------------------------------------------------------------------- cascading rejection
+
+
+def test_cascade_residual_is_orthogonal_to_the_direction_just_used():
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((7, 16)).astype(np.float32)
+    w = rng.standard_normal((16, 4)).astype(np.float32)
+    scores, residuals = cascade(v, w, epsilon=0.0)
+    scores = keras.ops.convert_to_numpy(scores)
+    residuals = [keras.ops.convert_to_numpy(r) for r in residuals]
+    assert scores.shape == (7, 4) and len(residuals) == 5
+    for k in range(4):
+        # D_k = <v_k, w_k> and <v_{k+1}, w_k> = 0, relative to the size of the terms
+        np.testing.assert_allclose(scores[:, k], residuals[k] @ w[:, k], rtol=1e-5)
+        assert np.abs(residuals[k + 1] @ w[:, k]).max() < 1e-5 * np.abs(residuals[k] @ w[:, k]).max()
+    # w's are not orthogonal, so later cascades see something different from plain projections
+    assert not np.allclose(scores[:, 1], v @ w[:, 1], rtol=1e-3)
+
+
+def test_cascade_matches_a_numpy_reference():
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal((5, 9))
+    w = rng.standard_normal((9, 3))
+    expected, r = [], v.copy()
+    for k in range(3):
+        d = r @ w[:, k]
+        expected.append(d)
+        r = r - np.outer(d / (w[:, k] @ w[:, k]), w[:, k])
+    layer = CascadingRejection(3, epsilon=0.0)
+    layer.build((None, 9))
+    layer.kernel.assign(w.astype(np.float32))
+    out = keras.ops.convert_to_numpy(layer(v.astype(np.float32)))
+    np.testing.assert_allclose(out, np.stack(expected, 1), rtol=1e-4, atol=1e-5)
+
+
+def test_one_cascade_is_exactly_the_linear_score():
+    rng = np.random.default_rng(2)
+    v = rng.standard_normal((6, 10)).astype(np.float32)
+    layer = CascadingRejection(1)
+    out = keras.ops.convert_to_numpy(layer(v))
+    w = keras.ops.convert_to_numpy(layer.kernel)
+    assert out.shape == (6, 1)
+    np.testing.assert_array_equal(out[:, 0], keras.ops.convert_to_numpy(keras.ops.matmul(v, w[:, 0])))
+    np.testing.assert_allclose(out, v @ w, rtol=1e-6)
+
+
+def test_layer_validates_its_arguments():
+    with pytest.raises(ValueError, match="cascades"):
+        CascadingRejection(0)
+    with pytest.raises(ValueError, match="cascades"):
+        CascadingRejection(1.5)
+    with pytest.raises(ValueError, match="epsilon"):
+        CascadingRejection(2, epsilon=-1.0)
+
+
+def _cr_model():
+    x = keras.Input((12,))
+    h = keras.layers.Dense(8)(x)
+    out = CascadingRejection(3, kernel_initializer="he_normal", kernel_regularizer=keras.regularizers.L2(0.01),
+                             epsilon=1e-9, name="cr")(h)
+    return keras.Model(x, out)
+
+
+def test_layer_config_round_trip():
+    layer = CascadingRejection(3, kernel_initializer="he_normal", kernel_regularizer="l2", epsilon=1e-6, name="cr")
+    config = layer.get_config()
+    assert config["cascades"] == 3 and config["epsilon"] == 1e-6
+    clone = CascadingRejection.from_config(config)
+    assert clone.get_config() == config
+    assert keras.saving.get_registered_object("kexue>CascadingRejection") is CascadingRejection
+
+
+def test_layer_survives_clone_model_and_keras_save_load(tmp_path):
+    model = _cr_model()
+    x = np.random.default_rng(3).standard_normal((4, 12)).astype(np.float32)
+    expected = model.predict(x, verbose=0)
+
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    assert clone.get_layer("cr").get_config() == model.get_layer("cr").get_config()
+    np.testing.assert_allclose(clone.predict(x, verbose=0), expected, rtol=1e-6)
+
+    path = tmp_path / "cr.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert isinstance(loaded.get_layer("cr"), CascadingRejection)
+    assert loaded.get_layer("cr").cascades == 3
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-6)
+
+
+def test_discriminator_has_one_score_per_cascade_and_optional_spectral_norm():
+    d = make_discriminator((8, 8, 1), cascades=4, width=8, spectral_norm=True)
+    assert d.output_shape == (None, 4)
+    assert any(isinstance(layer, keras.layers.SpectralNormalization) for layer in d.layers)
+    assert not any(isinstance(layer, keras.layers.SpectralNormalization)
+                   for layer in make_discriminator((16, 16, 3), 2, 8).layers)
+
+
+def test_gan_rejects_bad_loss_and_weights():
+    with pytest.raises(ValueError, match="loss"):
+        build_gan((8, 8, 1), {"cascades": 2, "width": 8, "loss": "wasserstein"})
+    with pytest.raises(ValueError, match="cascade_weights"):
+        build_gan((8, 8, 1), {"cascades": 2, "width": 8, "cascade_weights": [1.0]})
+
+
+# --------------------------------------------------------------------------- training + resume
+
+TINY = {"cascades": 2, "width": 8, "latent_dim": 8, "batch_size": 32, "eval_every": 8,
+        "eval_samples": 64, "grid": 4, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def tiny_images(tmp_path_factory) -> str:
+    x = load_images("builtin:digits").x[:128]  # 4 steps per epoch at batch 32
+    path = tmp_path_factory.mktemp("img") / "images.npy"
+    np.save(path, x)
+    return str(path)
+
+
+def _eval_fn(calls):
+    def eval_fn(samples, step):
+        calls.append(step)
+        assert samples.shape == (64, 8, 8, 1) and np.abs(samples).max() <= 1.0
+        return {"fid": float(np.mean(samples ** 2)), "step": step}
+    return eval_fn
+
+
+def _generator_weights(out_dir: Path):
+    return keras.saving.load_model(out_dir / "generator.keras", safe_mode=True).get_weights()
+
+
+def test_gan_trains_checkpoints_and_resumes_with_the_same_step(tmp_path, tiny_images):
+    calls: list[int] = []
+    first = train_gan(tiny_images, str(tmp_path / "run"), {**TINY, "epochs": 2}, str(tmp_path / "ckpt"),
+                      eval_fn=_eval_fn(calls))
+    m = first["metrics"]
+    assert m["step"] == 8 and m["epochs"] == 2 and m["resumed_from_step"] == 0
+    assert [r["step"] for r in m["losses"]] == [4, 8]
+    assert {"d_loss", "g_loss", "d_loss_1", "d_loss_2", "g_loss_1", "g_loss_2"} <= set(m["final_losses"])
+    assert all(np.isfinite(v) for v in m["final_losses"].values())
+    assert calls == [8] and m["best_eval"]["step"] == 8
+    for key in ("generator", "generator_best", "samples_final", "grid_final", "history"):
+        assert Path(first["files"][key]).exists()
+    assert Image.open(first["files"]["grid_final"]).size == ((4 * 9 + 1) * 4,) * 2
+
+    progress: list[tuple[int, int]] = []
+    resumed = train_gan(tiny_images, str(tmp_path / "run"), {**TINY, "epochs": 4}, str(tmp_path / "ckpt"),
+                        progress=lambda step, total, logs: progress.append((step, total)),
+                        eval_fn=_eval_fn(calls))
+    r = resumed["metrics"]
+    assert r["resumed_from_step"] == 8 and r["step"] == 16 and r["epochs"] == 4
+    assert progress == [(12, 16), (16, 16)]
+    assert [row["step"] for row in r["losses"]] == [4, 8, 12, 16]  # history carried over
+    assert [row["step"] for row in r["eval"]] == [8, 16] and calls == [8, 16]
+
+    # An uninterrupted 4-epoch run ends with the same generator as the resumed one.
+    straight = train_gan(tiny_images, str(tmp_path / "straight"), {**TINY, "epochs": 4},
+                         str(tmp_path / "ckpt_straight"))
+    assert straight["metrics"]["step"] == 16
+    for a, b in zip(_generator_weights(tmp_path / "run"), _generator_weights(tmp_path / "straight")):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+    # Per-cascade losses are in the TensorBoard event files.
+    tags = set()
+    for key, path in resumed["files"].items():
+        if key.startswith("tensorboard/"):
+            for event in tf.compat.v1.train.summary_iterator(path):
+                tags.update(v.tag for v in event.summary.value)
+    assert {"loss/d_loss_1", "loss/d_loss_2", "loss/g_loss_2", "eval/fid"} <= tags
+
+    # A finished run called again trains nothing more; a different variant is refused.
+    again = train_gan(tiny_images, str(tmp_path / "run"), {**TINY, "epochs": 4}, str(tmp_path / "ckpt"))
+    assert again["metrics"]["resumed_from_step"] == 16 and again["metrics"]["step"] == 16
+    with pytest.raises(ValueError, match="different run"):
+        train_gan(tiny_images, str(tmp_path / "run"), {**TINY, "cascades": 4, "epochs": 4}, str(tmp_path / "ckpt"))
+
+
+def test_train_step_runs_under_a_distribution_strategy(tiny_images):
+    x = np.load(tiny_images)[:64]
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        gan = build_gan((8, 8, 1), {**TINY, "loss": "non_saturating"}, steps_per_execution=2)
+    assert isinstance(gan, CascadeGAN)
+    history = gan.fit(tf.data.Dataset.from_tensor_slices(x).batch(32), epochs=1, verbose=0)
+    assert int(gan.step.numpy()) == 2
+    assert np.isfinite(history.history["g_loss_2"][-1])
+
+
+# --------------------------------------------------------------------------- image sources
+
+
+def test_builtin_digits_scaled_and_resized():
+    digits = load_images("builtin:digits")
+    assert digits.x.shape == (1797, 8, 8, 1) and digits.x.dtype == np.float32
+    assert digits.x.min() == -1.0 and digits.x.max() == 1.0
+    assert sorted(np.unique(digits.y)) == list(range(10)) and digits.quarantined == []
+    big = load_images("builtin:digits", size=16)
+    assert big.x.shape == (1797, 16, 16, 1) and -1.0 <= big.x.min() and big.x.max() <= 1.0
+    with pytest.raises(ValueError, match="unknown built-in"):
+        load_images("builtin:cifar")
+
+
+def test_npz_source_scales_uint8_and_quarantines_non_finite_rows(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (5, 6, 6), dtype=np.uint8)
+    x[0, 0, 0], x[1, 0, 0] = 0, 255
+    np.savez(tmp_path / "u8.npz", x=x, y=np.arange(5))
+    s = load_images(str(tmp_path / "u8.npz"))
+    assert s.x.shape == (5, 6, 6, 1) and s.x.min() == -1.0 and s.x.max() == 1.0
+    np.testing.assert_array_equal(s.y, np.arange(5))
+
+    f = np.random.default_rng(1).random((4, 8, 8, 3)).astype(np.float32)  # [0, 1] floats
+    f[2, 1, 1, 0] = np.nan
+    np.savez(tmp_path / "f.npz", x=f)
+    s = load_images(str(tmp_path / "f.npz"))
+    assert s.x.shape == (3, 8, 8, 3) and s.y is None
+    np.testing.assert_allclose(s.x[0], f[0] * 2 - 1, rtol=1e-6)
+    assert [(q.location, q.reason) for q in s.quarantined] == [(f"{tmp_path / 'f.npz'}:x[2]", "non-finite pixel values")]
+
+
+def test_folder_source_labels_subfolders_and_quarantines_bad_files(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (10, 10), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    Image.fromarray(rng.integers(0, 256, (10, 10), dtype=np.uint8)).save(tmp_path / "dog" / "j.jpg")
+    good = (tmp_path / "cat" / "0.png").read_bytes()
+    (tmp_path / "cat" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (tmp_path / "dog" / "fake.png").write_bytes(b"this is not an image at all")
+    (tmp_path / "dog" / "notes.txt").write_text("hello")
+
+    s = load_images(str(tmp_path))
+    assert s.x.shape == (5, 10, 10, 1) and s.class_names == ["cat", "dog"]
+    assert list(s.y) == [0, 0, 1, 1, 1]
+    reasons = {Path(q.location).name: q.reason for q in s.quarantined}
+    assert set(reasons) == {"truncated.png", "fake.png", "notes.txt"}
+    assert "truncated" in reasons["truncated.png"].lower()
+    assert reasons["fake.png"].startswith("unreadable image")
+    assert reasons["notes.txt"].startswith("not a PNG/JPEG")
+    assert all(q.source == str(tmp_path) for q in s.quarantined)
+
+    out = write_images(str(tmp_path), tmp_path / "out", size=8)
+    assert out["metrics"]["images"] == 5 and out["metrics"]["quarantined"] == 3
+    assert np.load(out["files"]["images"]).shape == (5, 8, 8, 1)
+    np.testing.assert_array_equal(np.load(out["files"]["labels"]), [0, 0, 1, 1, 1])
+    assert len(json.loads(Path(out["files"]["quarantine"]).read_text())["quarantined"]) == 3
