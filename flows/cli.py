@@ -19,11 +19,10 @@ console = Console(stderr=True, soft_wrap=True)
 
 
 def _load(config: str, profile: str, overrides: list[str]):
-    from kexue.config import load_config
-    from kexue.params import VALIDATORS
+    from kexue.params import load
 
     try:
-        return load_config(config, profile, overrides, VALIDATORS)
+        return load(config, profile, overrides)
     except ConfigError as e:
         console.print(f"[red]config error[/red]\n{e}")
         raise typer.Exit(2)

@@ -18,18 +18,19 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.context import get_run_context
+from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
 
 from flows import runtime
 from flows.stages import RUNNERS, StageContext, summarize_files
 from kexue.artifacts import Manifest, write_json_atomic
-from kexue.config import Config, load_config
+from kexue.config import Config
 from kexue.dag import check_dag, with_upstream
-from kexue.params import VALIDATORS
+from kexue import params as kparams
 from tasks.caching import Store
 
 
 def load(config: str, profile: str, overrides: list[str] | None) -> Config:
-    return load_config(config, profile, overrides, VALIDATORS)
+    return kparams.load(config, profile, overrides)
 
 
 def new_run_id() -> str:
@@ -94,8 +95,10 @@ def stages(config: str, profile: str, overrides: list[str], selected: list[str],
     store = Store(data_dir=str(cfg.data_dir), base_dir=str(Path(cfg.pipeline_path).parent))
     done: dict[str, Manifest] = {}
     failed: str | None = None
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True, disable=not os.isatty(1)) as progress:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        transient=True, disable=not os.isatty(1)
+    ) as progress:
         sctx = StageContext(store=store, progress=progress, resources=cfg.profile.dask.resources)
         for name in order:
             spec = cfg.pipeline.stages[name]
@@ -142,7 +145,11 @@ def pipeline(config: str = "pipeline.yaml", profile: str = "local", overrides: l
     selected = sorted(with_upstream(inputs, wanted))
     runtime.prepare(cfg)
     runner = runtime.task_runner(cfg.profile.dask)
-    return stages.with_options(task_runner=runner)(config, profile, overrides, selected, run_id or new_run_id())
+    # Results (and so the cache) live in the run's data_dir. A flow run takes its result
+    # store from the settings when it starts, and its tasks on Dask inherit that store.
+    results = {PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(cfg.data_dir / "prefect" / "results")}
+    with temporary_settings(results):
+        return stages.with_options(task_runner=runner)(config, profile, overrides, selected, run_id or new_run_id())
 
 
 def latest_run_dir(data_dir: Path) -> Path | None:

@@ -8,9 +8,11 @@ a monoid under ``+``). Everything after the sum works on one sparse matrix of th
 size, never on Python dicts of pairs.
 
 Counting convention (the brute-force test pins it): filtered-out tokens (rare, stop words,
-punctuation) are removed from each document first, then every ordered pair of kept tokens at
-distance 1..window inside the same document counts once in each direction, so the matrix is
-symmetric; a word paired with itself is not counted (it would only become a self-loop).
+punctuation) are removed from each document first, then every pair of kept tokens at distance
+1..window inside the same document counts once; a word paired with itself is not counted (it
+would only become a self-loop). Partials hold each unordered pair once, in the upper triangle
+(row < col): half the memory and half the bytes shipped between workers. ``symmetric_counts``
+mirrors the summed triangle into the symmetric matrix C with C[a, b] = C[b, a] = n(a, b).
 """
 from __future__ import annotations
 
@@ -132,11 +134,11 @@ def token_ids(tokens: pa.ChunkedArray | pa.Array, vocabulary: pd.DataFrame) -> t
 
 
 def window_counts(ids: np.ndarray, doc: np.ndarray, num_words: int, window: int) -> sp.csr_matrix:
-    """Symmetric co-occurrence counts of a token-id sequence split into documents by ``doc``.
+    """Upper-triangular co-occurrence counts of a token-id sequence split into documents by ``doc``.
 
     For each distance d ≤ window the pairs (ids[i], ids[i+d]) in the same document are
-    collected as arrays; the upper-triangular matrix of unordered pairs is built once (COO sums
-    duplicates) and mirrored.
+    collected as arrays, ordered so row < col, and turned into one sparse matrix (COO → CSR
+    sums the duplicates).
     """
     rows, cols = [], []
     for d in range(1, window + 1):
@@ -151,15 +153,26 @@ def window_counts(ids: np.ndarray, doc: np.ndarray, num_words: int, window: int)
         r, c = np.concatenate(rows), np.concatenate(cols)
     else:
         r = c = np.zeros(0, dtype=np.int64)
-    upper = sp.coo_matrix((np.ones(len(r), dtype=np.int64), (r, c)), shape=(num_words, num_words)).tocsr()
-    return (upper + upper.T).tocsr()
+    index = np.int32 if num_words < 2**31 else np.int64
+    return sp.coo_matrix(
+        (np.ones(len(r), dtype=np.int64), (r.astype(index), c.astype(index))), shape=(num_words, num_words)
+    ).tocsr()
+
+
+def symmetric_counts(upper: sp.spmatrix) -> sp.csr_matrix:
+    """Mirror summed upper-triangular counts into the symmetric co-occurrence matrix."""
+    u = sp.csr_matrix(upper)
+    if sp.tril(u, k=-1).nnz:
+        raise ValueError("expected upper-triangular counts (row < col), as partition_cooccurrence returns")
+    return (u + u.T).tocsr()
 
 
 def partition_cooccurrence(tokens_path: str, vocab_path: str, params: dict[str, Any]) -> sp.csr_matrix:
     """Co-occurrence counts of one tokens partition (one Dask task per partition).
 
-    Returns an int64 V×V ``csr_matrix`` over ``select_vocabulary(vocab_path, params)``;
-    partials of all partitions are summed with ``sum_counts`` (or ``+``).
+    Returns an upper-triangular int64 V×V ``csr_matrix`` over
+    ``select_vocabulary(vocab_path, params)`` (each unordered pair once); partials of all
+    partitions are summed with ``sum_counts`` (or ``+``) and handed to ``build_graph``.
     """
     p = graph_params(params)
     vocabulary = select_vocabulary(vocab_path, p)
@@ -244,7 +257,7 @@ def _row_top_k_mask(w: sp.csr_matrix, k: int) -> sp.csr_matrix:
 
 
 def cooccurrence_edges(counts: sp.spmatrix, params: GraphParams) -> sp.csr_matrix:
-    """Counts → weighted, thresholded, sparsified adjacency (positive weights, no self-loops).
+    """Symmetric counts → weighted, thresholded, sparsified adjacency (weights > 0, no self-loops).
 
     Marginals for PMI come from all counts; pairs seen fewer than ``min_edge_count`` times are
     dropped afterwards, then non-positive weights, then top-k.
@@ -299,7 +312,8 @@ def build_graph(
 ) -> dict[str, Any]:
     """The graph stage after the counts are summed: weight, sparsify, write artifacts.
 
-    ``source='cooccurrence'`` needs ``counts`` (the summed ``partition_cooccurrence`` output);
+    ``source='cooccurrence'`` needs ``counts``, the summed upper-triangular
+    ``partition_cooccurrence`` output;
     ``source='knn'`` needs ``vectors`` = (words, unit-vector matrix) and ignores ``counts``.
     Nodes left without edges are dropped (they cannot belong to any flow module), so node
     ids are positions among the kept words. Returns ``{"files": {...}, "metrics": {...}}``.
@@ -312,8 +326,8 @@ def build_graph(
             raise ValueError("graph.source = 'cooccurrence' needs the summed co-occurrence counts")
         if counts.shape != (len(vocabulary), len(vocabulary)):
             raise ValueError(f"counts shape {counts.shape} does not match the filtered vocabulary ({len(vocabulary)} words)")
-        adjacency = cooccurrence_edges(counts, p)
-        metrics.update(weighting=p.weighting, window=p.window, cooccurrence_pairs=int(counts.sum() // 2))
+        adjacency = cooccurrence_edges(symmetric_counts(counts), p)
+        metrics.update(weighting=p.weighting, window=p.window, cooccurrence_pairs=int(counts.sum()))
     else:
         if vectors is None:
             raise ValueError("graph.source = 'knn' needs word vectors (JoSE output)")

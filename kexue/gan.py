@@ -34,6 +34,7 @@ from keras import ops
 
 from kexue.artifacts import atomic_path, save_npy_atomic, stable_json, write_bytes_atomic, write_json_atomic
 from kexue.cascading import CascadingRejection
+from kexue.optim import build_optimizer
 
 LOSSES = ("hinge", "non_saturating")
 
@@ -42,13 +43,13 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "cascade_weights": None,  # per-cascade loss weights; None = uniform
     "loss": "hinge",
     "seed": 0,
-    "steps": 3000,            # rounded up to whole epochs; "epochs" overrides when given
+    "steps": 2500,            # rounded up to whole epochs; "epochs" overrides when given
     "epochs": None,
     "batch_size": 64,
     "latent_dim": 32,
     "width": 64,              # channels of the widest generator / narrowest discriminator conv
     "spectral_norm": False,
-    "d_optimizer": {"name": "adam", "learning_rate": 2e-4, "beta_1": 0.5},
+    "d_optimizer": {"name": "adam", "learning_rate": 2e-4, "beta_1": 0.5},  # kexue.optim.build_optimizer specs
     "g_optimizer": {"name": "adam", "learning_rate": 2e-4, "beta_1": 0.5},
     "eval_every": 250,        # steps; evaluation happens at the first epoch end past each multiple
     "eval_samples": 2000,     # generated images per evaluation (capped at the real set's size)
@@ -124,12 +125,6 @@ def make_discriminator(
     return keras.Model(x_in, scores, name="discriminator")
 
 
-def make_optimizer(spec: dict[str, Any]) -> keras.optimizers.Optimizer:
-    """Optimizer from a spec like ``{"name": "adam", "learning_rate": 2e-4, "beta_1": 0.5}``."""
-    config = dict(spec)
-    return keras.optimizers.get({"class_name": config.pop("name"), "config": config})
-
-
 # --------------------------------------------------------------------------- GAN model
 
 def _distribution_scale(loss):
@@ -149,7 +144,6 @@ def _loss_terms(loss: str, d_real, d_fake):
     return d, g
 
 
-@keras.saving.register_keras_serializable(package="kexue")
 class CascadeGAN(keras.Model):
     """Generator G and discriminator D (ending in CascadingRejection), trained adversarially.
 
@@ -198,8 +192,9 @@ class CascadeGAN(keras.Model):
     def metrics(self):
         return list(self.trackers.values())  # reset by fit at each epoch start
 
-    def call(self, z, training=False):
-        return self.generator(z, training=training)
+    def call(self, images, training=False):
+        """Cascade scores (batch, N) of ``images``: the model's input is what ``fit`` feeds it."""
+        return self.discriminator(images, training=training)
 
     def _noise(self, batch):
         return keras.random.normal((batch, self.latent_dim), seed=self.seed_generator)
@@ -233,22 +228,6 @@ class CascadeGAN(keras.Model):
             self.trackers[f"g_loss_{k + 1}"].update_state(g_k[k])
         return {name: m.result() for name, m in self.trackers.items()}
 
-    def get_config(self):
-        config = super().get_config()
-        config.update({
-            "generator": keras.saving.serialize_keras_object(self.generator),
-            "discriminator": keras.saving.serialize_keras_object(self.discriminator),
-            "seed": self.seed,
-        })
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        generator = keras.saving.deserialize_keras_object(config.pop("generator"))
-        discriminator = keras.saving.deserialize_keras_object(config.pop("discriminator"))
-        return cls(generator, discriminator, **config)
-
 
 def build_gan(image_shape: tuple[int, int, int], params: dict[str, Any], steps_per_execution: int = 1) -> CascadeGAN:
     """The compiled GAN for ``params`` (see ``DEFAULT_PARAMS``), optimizer slots built.
@@ -262,7 +241,7 @@ def build_gan(image_shape: tuple[int, int, int], params: dict[str, Any], steps_p
         make_discriminator(image_shape, p["cascades"], p["width"], p["spectral_norm"]),
         seed=int(p["seed"]),
     )
-    gan.compile(make_optimizer(p["d_optimizer"]), make_optimizer(p["g_optimizer"]),
+    gan.compile(build_optimizer(p["d_optimizer"]), build_optimizer(p["g_optimizer"]),
                 loss=p["loss"], cascade_weights=p["cascade_weights"], steps_per_execution=steps_per_execution)
     gan.d_optimizer.build(gan.discriminator.trainable_variables)
     gan.g_optimizer.build(gan.generator.trainable_variables)
@@ -389,12 +368,10 @@ class _Run:
         if self.state["best"] is None or row[metric] < self.state["best"][metric]:
             self.state["best"] = row
             self.best = _arrays(self.gan.generator.variables, "generator")
-            save_npy_atomic(self.out / "samples_best.npy", samples)
-            sample_grid_png(samples, self.out / "grid_best.png", self.p["grid"])
         sample_grid_png(samples, self.out / f"grid_step{step:06d}.png", self.p["grid"])
         with self.writer.as_default(step=step):
             for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)):
+                if k != "step" and isinstance(v, (int, float, np.floating)):
                     tf.summary.scalar(f"eval/{k}", v)
 
     def end_epoch(self, epoch: int, logs: dict[str, float]) -> None:
@@ -480,19 +457,18 @@ def train_gan(
                 callbacks=[_RunCallback(run)], shuffle=False, verbose=0)
     run.writer.close()
 
-    samples = run.samples()
-    files = {
-        "generator": str(_save_model(gan.generator, out / "generator.keras")),
-        "samples_final": str(save_npy_atomic(out / "samples_final.npy", samples)),
-        "grid_final": str(sample_grid_png(samples, out / "grid_final.png", p["grid"])),
-    }
-    if state["best"] is not None:
-        for v, key in zip(gan.generator.variables, sorted(run.best)):
-            v.assign(run.best[key])
-        files["generator_best"] = str(_save_model(gan.generator, out / "generator_best.keras"))
-        files["samples_best"] = str(out / "samples_best.npy")
-        files["grid_best"] = str(out / "grid_best.png")
-        files.update({f"grid_step{r['step']:06d}": str(out / f"grid_step{r['step']:06d}.png") for r in state["eval"]})
+    files: dict[str, str] = {}
+    for tag in ("final", "best") if state["best"] is not None else ("final",):
+        if tag == "best":  # the snapshot with the lowest best_metric, written from the checkpoint
+            for v, key in zip(gan.generator.variables, sorted(run.best)):
+                v.assign(run.best[key])
+        samples = run.samples()
+        suffix = "" if tag == "final" else "_best"
+        files[f"generator{suffix}"] = str(_save_model(gan.generator, out / f"generator{suffix}.keras"))
+        files[f"samples_{tag}"] = str(save_npy_atomic(out / f"samples_{tag}.npy", samples))
+        files[f"grid_{tag}"] = str(sample_grid_png(samples, out / f"grid_{tag}.png", p["grid"]))
+    for grid in sorted(out.glob("grid_step*.png")):
+        files[grid.stem] = str(grid)
     metrics = {
         "variant": f"cr{p['cascades']}",
         "cascades": p["cascades"], "seed": p["seed"], "loss": p["loss"],

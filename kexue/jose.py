@@ -47,6 +47,7 @@ import tensorflow as tf
 
 from kexue.artifacts import atomic_path, save_npy_atomic, sha256_text, stable_json, write_json_atomic, write_parquet_atomic
 
+RENORM_EVERY = 32  # steps between full renormalisations of the stored rows (see JoseModel)
 DEFAULT_PROBE_WORDS = ("中国", "经济", "北京", "足球", "银行", "教育")
 
 
@@ -391,43 +392,70 @@ class JoseModel(tf.Module):
         self._train_block = tf.function(self._block_loop, jit_compile=True, reduce_retracing=True)
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self.u.numpy(), self.v.numpy(), self.d.numpy()
+        """The unit vectors u, v, d as numpy arrays."""
+        return tuple(unit_rows(t.numpy()) for t in (self.u, self.v, self.d))
 
-    def _update(self, table: tf.Variable, rows: tf.Tensor, delta: tf.Tensor) -> None:
-        """Sparse Riemannian step: add the (summed) deltas, then renormalise the touched rows."""
-        table.scatter_add(tf.IndexedSlices(delta, rows))
+    @staticmethod
+    def _read(table: tf.Variable, rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Gather rows and their norms; the vector a row stands for is row / norm."""
         x = tf.gather(table, rows)
-        table.scatter_update(tf.IndexedSlices(x * tf.math.rsqrt(tf.reduce_sum(x * x, axis=1, keepdims=True)), rows))
+        norm = tf.norm(x, axis=-1, keepdims=True)
+        return x / norm, norm
 
     def step(self, center, context, negatives, doc, doc_scale, alpha, valid):
-        """One batched step on B tuples; returns the summed hinge loss (word–word + word–doc)."""
+        """One batched Riemannian SGD step on B tuples; returns the summed hinge loss.
+
+        Stored rows are kept unnormalised between renormalisations (``renormalise``): a row
+        r with norm n stands for x = r/n, and adding n·Δ makes it n·(x + Δ), whose direction
+        is exactly the retraction normalise(x + Δ) — so the step is the reference's
+        step-then-renormalise without a second gather/scatter pass over the touched rows.
+        Rows hit several times in a batch get all their deltas summed (each computed from the
+        same read, hence scaled by the same n).
+        """
         margin = self.config.margin
-        u = tf.gather(self.u, center)  # [B, D]  center words (window neighbours)
-        v = tf.gather(self.v, context)  # [B, D]  context words (window positions)
-        u_neg = tf.gather(self.u, negatives)  # [B, K, D] negative center words, shared by both terms
-        d = tf.gather(self.d, doc)  # [B, D]
+        u, u_norm = self._read(self.u, center)  # [B, D] center words (window neighbours)
+        v, v_norm = self._read(self.v, context)  # [B, D] context words (window positions)
+        u_neg, u_neg_norm = self._read(self.u, negatives)  # [B, K, D] negatives, shared by both terms
+        d, d_norm = self._read(self.d, doc)  # [B, D]
         lr = tf.fill(tf.shape(center), alpha)
         word_weight = valid[:, None] * tf.cast(negatives != context[:, None], tf.float32)
         du_w, du_neg_w, dv, loss_w = spherical_hinge_step(v, u, u_neg, word_weight, lr, margin)
         doc_weight = (valid * doc_scale)[:, None] * tf.cast(negatives != center[:, None], tf.float32)
         du_d, du_neg_d, dd, loss_d = spherical_hinge_step(d, u, u_neg, doc_weight, lr, margin)
-        u_rows = tf.concat([center, tf.reshape(negatives, [-1])], axis=0)
-        u_delta = tf.concat([du_w + du_d, tf.reshape(du_neg_w + du_neg_d, [-1, self.config.dim])], axis=0)
-        self._update(self.u, u_rows, u_delta)
-        self._update(self.v, context, dv)
-        self._update(self.d, doc, dd)
+        self.u.scatter_add(tf.IndexedSlices((du_w + du_d) * u_norm, center))
+        self.u.scatter_add(tf.IndexedSlices(
+            tf.reshape((du_neg_w + du_neg_d) * u_neg_norm, [-1, self.config.dim]), tf.reshape(negatives, [-1])))
+        self.v.scatter_add(tf.IndexedSlices(dv * v_norm, context))
+        self.d.scatter_add(tf.IndexedSlices(dd * d_norm, doc))
         return tf.reduce_sum(loss_w) + tf.reduce_sum(loss_d)
 
+    def renormalise(self) -> None:
+        """Rescale every stored row to unit norm (directions unchanged); bounds norm growth."""
+        for table in (self.u, self.v, self.d):
+            table.assign(table * tf.math.rsqrt(tf.reduce_sum(table * table, axis=1, keepdims=True)))
+
     def _block_loop(self, center, context, negatives, doc, doc_scale, alpha):
-        """All steps of a block in one compiled while-loop; returns the block's total loss."""
+        """All steps of a block in one compiled while-loop; returns the block's total loss.
+
+        Rows are renormalised every ``RENORM_EVERY`` steps and at the end: norms only grow
+        (tangent steps), by at most a few per cent per hit, so this keeps them far from
+        float32 overflow at a small fraction of the cost of a per-step renormalisation.
+        """
         steps = tf.shape(center)[0]
 
         def body(i, total):
             valid = tf.cast(doc_scale[i] > 0, tf.float32)
-            return i + 1, total + self.step(center[i], context[i], negatives[i], doc[i], doc_scale[i], alpha[i], valid)
+            loss = self.step(center[i], context[i], negatives[i], doc[i], doc_scale[i], alpha[i], valid)
+            tf.cond(i % RENORM_EVERY == RENORM_EVERY - 1, self._renormalise_op, tf.no_op)
+            return i + 1, total + loss
 
         _, total = tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), tf.constant(0.0)))
+        self.renormalise()
         return total
+
+    def _renormalise_op(self):
+        self.renormalise()
+        return tf.no_op()
 
     def train_block(self, block: Block) -> float:
         loss = self.strategy.run(self._train_block, args=(

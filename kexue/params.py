@@ -5,9 +5,12 @@ parameter — before anything starts, by the CLI, the flow and the tests alike.
 """
 from __future__ import annotations
 
-from kexue.config import ParamValidator, validator_for
+from pathlib import Path
+
+from kexue.config import Config, ConfigError, ParamValidator, load_config, validator_for
 from kexue.count import CountParams
 from kexue.ingest import IngestParams
+from kexue.sources import SourceSpec
 from kexue.tokenize import TokenizeParams
 
 VALIDATORS: dict[str, ParamValidator] = {
@@ -15,3 +18,25 @@ VALIDATORS: dict[str, ParamValidator] = {
     "tokenize": validator_for(TokenizeParams),
     "count": validator_for(CountParams),
 }
+
+
+def preflight(cfg: Config) -> None:
+    """Checks that need the file system: every configured source path exists."""
+    base = Path(cfg.pipeline_path).parent
+    for name, stage in cfg.pipeline.stages.items():
+        if stage.task != "ingest":
+            continue
+        for i, spec in enumerate(cfg.params[name]["sources"]):
+            src = SourceSpec.model_validate(spec)
+            if not src.is_builtin and not (src.resolve(base).exists() or src.resolve(base).is_symlink()):
+                raise ConfigError(
+                    f"{cfg.pipeline_path}: stages.{name}.params.sources.{i}.source: "
+                    f"{src.source!r} does not exist (resolved to {src.resolve(base)})"
+                )
+
+
+def load(config: str | Path = "pipeline.yaml", profile: str | Path = "local", overrides: list[str] | None = None) -> Config:
+    """Load, validate (whole graph, every parameter) and preflight-check a configuration."""
+    cfg = load_config(config, profile, overrides, VALIDATORS)
+    preflight(cfg)
+    return cfg

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
@@ -179,9 +180,17 @@ def _read_builtin(spec: SourceSpec) -> Iterator[Record]:
             yield Doc(str(i), rec.location, rec.text, rec.label, rec.gold_tokens)
 
 
+def _read_bytes(path: Path) -> bytes:
+    """A file's bytes; a file whose mode grants no read permission is refused even to root,
+    so that ingest behaves the same whoever runs it."""
+    if not stat.S_IMODE(path.stat().st_mode) & 0o444:
+        raise PermissionError(13, "no read permission", str(path))
+    return path.read_bytes()
+
+
 def _read_text_file(spec: SourceSpec, path: Path, key: str | None = None, label: str | None = None) -> Iterator[Record]:
     try:
-        data = path.read_bytes()
+        data = _read_bytes(path)
     except OSError as e:
         yield Rejected(str(path), f"unreadable file: {e.strerror or e}")
         return
@@ -240,33 +249,32 @@ def _row_to_doc(spec: SourceSpec, row: dict, key: str, location: str) -> Record:
 
 def _read_jsonl(spec: SourceSpec, path: Path) -> Iterator[Record]:
     try:
-        f = open(path, "rb")
+        data = _read_bytes(path)
     except OSError as e:
         yield Rejected(str(path), f"unreadable file: {e.strerror or e}")
         return
-    with f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue  # blank lines are separators, not records
-            loc = f"{path}:{lineno}"
-            line, how = decode_text(raw)
-            if line is None:
-                yield Rejected(loc, how)
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield Rejected(loc, f"invalid JSON: {e.msg} at column {e.colno}")
-                continue
-            if not isinstance(row, dict):
-                yield Rejected(loc, "not a JSON object")
-                continue
-            yield _row_to_doc(spec, row, f"L{lineno}", loc)
+    for lineno, raw in enumerate(data.split(b"\n"), 1):
+        if not raw.strip():
+            continue  # blank lines are separators, not records
+        loc = f"{path}:{lineno}"
+        line, how = decode_text(raw)
+        if line is None:
+            yield Rejected(loc, how)
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield Rejected(loc, f"invalid JSON: {e.msg} at column {e.colno}")
+            continue
+        if not isinstance(row, dict):
+            yield Rejected(loc, "not a JSON object")
+            continue
+        yield _row_to_doc(spec, row, f"L{lineno}", loc)
 
 
 def _read_csv(spec: SourceSpec, path: Path) -> Iterator[Record]:
     try:
-        data = path.read_bytes()
+        data = _read_bytes(path)
     except OSError as e:
         yield Rejected(str(path), f"unreadable file: {e.strerror or e}")
         return

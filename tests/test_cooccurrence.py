@@ -20,6 +20,7 @@ from kexue.cooccurrence import (
     partition_cooccurrence,
     select_vocabulary,
     sum_counts,
+    symmetric_counts,
     top_k_edges,
     weight_matrix,
 )
@@ -55,9 +56,9 @@ def write_corpus(tmp: Path, partitions: list[list[list[str]]]) -> tuple[list[str
 
 def random_docs(rng: np.random.Generator, num_docs: int) -> list[list[str]]:
     words = ["甲", "乙", "丙", "丁", "戊", "己", "庚", "辛", "稀"] + sorted(STOP) + sorted(PUNCT)
-    p = np.array([8, 7, 6, 6, 5, 4, 3, 3, 0.3, 5, 4, 6, 5], dtype=float)
+    p = np.array([8, 7, 6, 6, 5, 4, 3, 3, 0, 5, 4, 6, 5], dtype=float)
     docs = [[words[i] for i in rng.choice(len(words), size=rng.integers(0, 25), p=p / p.sum())] for _ in range(num_docs)]
-    return docs + [[], ["甲"]]
+    return docs + [[], ["甲"], ["乙", "稀", "丙"]]  # 稀 occurs once per call: below min_count
 
 
 def brute_force_counts(docs: list[list[str]], index: dict[str, int], window: int) -> np.ndarray:
@@ -85,10 +86,12 @@ def test_sparse_counts_equal_brute_force(tmp_path: Path, window: int) -> None:
 
     partials = [partition_cooccurrence(p, vocab_path, params) for p in paths]
     for partial, docs in zip(partials, parts):
-        np.testing.assert_array_equal(partial.toarray(), brute_force_counts(docs, index, window))
-    total = sum_counts(partials)
+        assert sp.tril(partial).nnz == 0  # each unordered pair once, above the diagonal
+        np.testing.assert_array_equal(symmetric_counts(partial).toarray(), brute_force_counts(docs, index, window))
+    total = symmetric_counts(sum_counts(partials))
     np.testing.assert_array_equal(total.toarray(), brute_force_counts(parts[0] + parts[1], index, window))
-    assert total.toarray().trace() == 0
+    with pytest.raises(ValueError, match="upper-triangular"):
+        symmetric_counts(total)
 
 
 def test_filters_can_keep_stopwords_and_punctuation(tmp_path: Path) -> None:
@@ -97,11 +100,11 @@ def test_filters_can_keep_stopwords_and_punctuation(tmp_path: Path) -> None:
     vocabulary = select_vocabulary(vocab_path, graph_params(params))
     assert set(vocabulary["token"]) == {"甲", "的", "，", "乙"}
     index = {t: i for i, t in enumerate(vocabulary["token"])}
-    counts = partition_cooccurrence(paths[0], vocab_path, params).toarray()
+    counts = symmetric_counts(partition_cooccurrence(paths[0], vocab_path, params)).toarray()
     assert counts[index["甲"], index["乙"]] == 0 and counts[index["的"], index["，"]] == 2
     # with the default filters 甲 and 乙 become neighbours
-    default = partition_cooccurrence(paths[0], vocab_path, {"window": 1, "min_count": 1}).toarray()
-    assert default.tolist() == [[0, 2], [2, 0]]
+    default = symmetric_counts(partition_cooccurrence(paths[0], vocab_path, {"window": 1, "min_count": 1}))
+    assert default.toarray().tolist() == [[0, 2], [2, 0]]
 
 
 def test_ppmi_and_pmi_match_hand_computed_example() -> None:
@@ -176,7 +179,7 @@ def test_build_graph_writes_readable_artifacts(tmp_path: Path) -> None:
     assert set(files) == {"nodes", "edges", "pajek", "meta", "graphml"}
     nodes, adjacency, meta = read_graph(tmp_path / "graph")
     assert meta["directed"] is False and metrics["num_nodes"] == len(nodes) == adjacency.shape[0]
-    expected = cooccurrence_edges(counts, graph_params(params)).toarray()
+    expected = cooccurrence_edges(symmetric_counts(counts), graph_params(params)).toarray()
     vocabulary = select_vocabulary(vocab_path, graph_params(params))
     keep = [vocabulary["token"].tolist().index(t) for t in nodes["token"]]
     np.testing.assert_allclose(adjacency.toarray(), expected[np.ix_(keep, keep)])

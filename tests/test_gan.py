@@ -59,8 +59,8 @@ def test_one_cascade_is_exactly_the_linear_score():
     out = keras.ops.convert_to_numpy(layer(v))
     w = keras.ops.convert_to_numpy(layer.kernel)
     assert out.shape == (6, 1)
-    np.testing.assert_array_equal(out[:, 0], keras.ops.convert_to_numpy(keras.ops.matmul(v, w[:, 0])))
-    np.testing.assert_allclose(out, v @ w, rtol=1e-6)
+    # no rejection happens before the first score: D_1 = <v, w_1>, up to float32 rounding
+    np.testing.assert_allclose(out, v.astype(np.float64) @ w.astype(np.float64), rtol=1e-5, atol=1e-6)
 
 
 def test_layer_validates_its_arguments():
@@ -125,7 +125,9 @@ def test_gan_rejects_bad_loss_and_weights():
 # --------------------------------------------------------------------------- training + resume
 
 TINY = {"cascades": 2, "width": 8, "latent_dim": 8, "batch_size": 32, "eval_every": 8,
-        "eval_samples": 64, "grid": 4, "seed": 3}
+        "eval_samples": 64, "grid": 4, "seed": 3,
+        # a derived optimizer with its own state (slow weights): resume must restore it too
+        "g_optimizer": {"name": "adam", "learning_rate": 2e-4, "beta_1": 0.5, "lookahead": {"k": 3, "alpha": 0.5}}}
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +202,7 @@ def test_train_step_runs_under_a_distribution_strategy(tiny_images):
     with strategy.scope():
         gan = build_gan((8, 8, 1), {**TINY, "loss": "non_saturating"}, steps_per_execution=2)
     assert isinstance(gan, CascadeGAN)
-    history = gan.fit(tf.data.Dataset.from_tensor_slices(x).batch(32), epochs=1, verbose=0)
+    history = gan.fit(tf.data.Dataset.from_tensor_slices(x).batch(32), epochs=1, shuffle=False, verbose=0)
     assert int(gan.step.numpy()) == 2
     assert np.isfinite(history.history["g_loss_2"][-1])
 

@@ -69,8 +69,8 @@ def test_feature_model_round_trips_through_keras_file_in_safe_mode(trained, digi
     x, _ = digits
     path = gan_eval.save_feature_model(model, tmp_path / "features.keras")
     loaded = gan_eval.load_feature_model(path)
-    feats, probs = gan_eval.embed(model, x[:50])
-    feats2, probs2 = gan_eval.embed(loaded, x[:50])
+    feats, probs = gan_eval.embed(gan_eval.feature_extractor(model), x[:50])
+    feats2, probs2 = gan_eval.embed(gan_eval.feature_extractor(loaded), x[:50])
     assert feats.shape == (50, 128) and probs.shape == (50, 10)
     np.testing.assert_allclose(feats2, feats, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(probs2, probs, rtol=1e-5, atol=1e-6)
@@ -105,7 +105,7 @@ def test_other_image_sizes_get_a_deeper_network(digits):
     model, info = gan_eval.train_feature_model(x16, y[:300], seed=0, epochs=1)
     assert model.input_shape == (None, 16, 16, 2)
     assert sum(layer.__class__.__name__ == "MaxPooling2D" for layer in model.layers) == 2
-    feats, probs = gan_eval.embed(model, x16[:10])
+    feats, probs = gan_eval.embed(gan_eval.feature_extractor(model), x16[:10])
     assert feats.shape == (10, 128)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     assert info["n_train"] + info["n_test"] == 300
@@ -274,7 +274,7 @@ def test_compare_variants_table_tests_and_plots(tmp_path):
 
     table = metrics["table_markdown"]
     assert table.count("\n| cr4 |") == 6  # 5 runs + 1 summary line
-    assert "±" in table and "baseline" in table
+    assert "±" in table and "baseline" in table and "(lower)" in table
     assert "<table" in metrics["table_html"]
     assert (tmp_path / "evaluation.md").read_text(encoding="utf-8") == table
     for name in ("fid_over_training", "samples"):

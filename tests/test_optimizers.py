@@ -422,3 +422,48 @@ def test_factory_plain_spec_is_plain_keras_optimizer():
     assert type(optimizer) is keras.optimizers.Adam
     assert optimizer.beta_1 == 0.5
     assert np.isclose(float(optimizer.learning_rate), 2e-4)
+
+
+# --- tf.distribute -------------------------------------------------------------------------
+
+MIRRORED_SCRIPT = """
+import json, sys
+import numpy as np, tensorflow as tf, keras
+tf.config.threading.set_intra_op_parallelism_threads(1)
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from kexue.optim import build_optimizer
+spec = json.loads(sys.argv[1])
+
+def train(strategy):
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((3,), dtype="int32")
+        x = keras.layers.Flatten()(keras.layers.Embedding(8, 4, name="embedding")(inputs))
+        model = keras.Model(inputs, keras.layers.Dense(1)(x))
+        model.compile(optimizer=build_optimizer(spec), loss="mse")
+    rng = np.random.default_rng(1)
+    # Each batch of 8 is split 4 + 4 over the replicas: rows 0-2 on one, 3-5 on the other.
+    x = np.concatenate([rng.integers(0, 3, size=(4, 3)), rng.integers(3, 6, size=(4, 3))] * 2)
+    x = x.astype("int32")
+    y = rng.normal(size=(16, 1)).astype("float32")
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+    return [w.numpy() for w in model.weights]
+
+single = train(tf.distribute.get_strategy())
+mirrored = train(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+print(json.dumps(max(float(np.abs(a - b).max()) for a, b in zip(single, mirrored))))
+"""
+
+
+def test_mirrored_strategy_with_two_replicas_matches_single_device():
+    """Two logical CPUs need a fresh TF runtime, hence the subprocess."""
+    import subprocess
+    import sys
+
+    spec = {**FULL_SPEC, "accumulation_steps": 1, "lazy": ["embedding"]}
+    result = subprocess.run(
+        [sys.executable, "-c", MIRRORED_SCRIPT, json.dumps(spec)],
+        capture_output=True, text=True, timeout=300, check=True,
+    )
+    assert float(result.stdout.strip().splitlines()[-1]) < 1e-5

@@ -12,10 +12,11 @@ averages and gradient accumulators are not rolled back; with gradient
 accumulation a row counts as touched if it had a gradient in any micro-batch of
 the accumulated update.
 
-Keras 3's sparse ``update_step`` applies nonlinear terms (Adam's g²) per
-``IndexedSlices`` entry, so a row looked up twice in a batch gets Σg² instead of
-(Σg)²; ``Lazy`` sums duplicate rows first, which makes the sparse path match the
-dense one.
+``IndexedSlices`` gradients are densified before the inner step: the inner
+optimizer's moments are dense anyway, the restore is a dense select, and Keras
+3's sparse ``update_step`` applies nonlinear terms (Adam's g²) per entry, so a
+row looked up twice in a batch would get Σg² instead of (Σg)² (and under
+``tf.distribute`` the replicas' slices are concatenated, duplicating rows).
 """
 
 from __future__ import annotations
@@ -37,15 +38,6 @@ def touched_rows(gradient) -> "tf.Tensor":
         return ops.greater(ops.segment_max(nonzero, gradient.indices, num_segments=rows), 0)
     flat = ops.reshape(gradient, (ops.shape(gradient)[0], -1))
     return ops.any(ops.not_equal(flat, 0), axis=1)
-
-
-def sum_duplicate_rows(gradient):
-    """``IndexedSlices`` with unique indices (duplicates summed); other gradients unchanged."""
-    if not isinstance(gradient, tf.IndexedSlices):
-        return gradient
-    rows, positions = tf.unique(gradient.indices)
-    values = tf.math.unsorted_segment_sum(gradient.values, positions, tf.shape(rows)[0])
-    return tf.IndexedSlices(values, rows, gradient.dense_shape)
 
 
 def _slot_prefix(variable) -> str:
@@ -105,7 +97,6 @@ class Lazy(OptimizerWrapper):
                     self._slots[self._var_key(owner)].append(slot)
 
     def _wrapped_apply(self, grads, trainable_variables):
-        grads = [sum_duplicate_rows(grad) for grad in grads]
         restores = []
         for grad, variable in zip(grads, trainable_variables):
             key = self._var_key(variable)
@@ -115,13 +106,20 @@ class Lazy(OptimizerWrapper):
             accumulator = self._accumulator[key]
             if accumulator is not None:
                 touched = ops.logical_or(touched, touched_rows(ops.convert_to_tensor(accumulator)))
+            # Under tf.distribute each replica holds its own gradient; the inner step
+            # uses their sum, so a row is touched if any replica touched it.
+            replica_context = tf.distribute.get_replica_context()
+            if replica_context is not None and replica_context.num_replicas_in_sync > 1:
+                count = replica_context.all_reduce(tf.distribute.ReduceOp.SUM, ops.cast(touched, "int32"))
+                touched = ops.greater(count, 0)
             targets = [variable, *self._slots[key]]
             restores.append((touched, targets, [ops.copy(t) for t in targets]))
+        grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         self.inner_optimizer.apply(grads, trainable_variables)
         for touched, targets, olds in restores:
             for target, old in zip(targets, olds):
                 mask = ops.reshape(touched, (-1,) + (1,) * (len(target.shape) - 1))
-                pass
+                self.assign(target, ops.where(mask, target, old))
 
     def _wrapper_config(self) -> dict:
         return {"include": self.include}

@@ -1,0 +1,203 @@
+"""Benchmark of the graph and communities stages; prints one JSON document.
+
+1. Co-occurrence build on the built-in People's Daily corpus ×5: the pipeline way (2 single-
+   threaded Dask worker processes mapping ``partition_cooccurrence`` over the tokens
+   partitions, partials summed on the cluster) against a naive single-process Python
+   dict-of-pairs loop; seconds, ratio (goal ≥ 5×), peak RSS of each.
+2. Graph + communities with default settings on the built-in corpus (×1): Infomap's own time
+   versus the whole communities stage (goal: overhead ≤ 25 %), largest module share (goal
+   < 20 %), codelength saving (goal > 5 %), the 15 largest modules with their top words.
+3. LFR table: NMI against the planted partition for Infomap and networkx Louvain at
+   μ = 0.1, 0.3, 0.5 (n = 1000, average degree 15, seeds 1-3).
+
+Tokenising (rjieba, once) and writing the Parquet inputs happen before any timing. The
+vocabulary is built here with a Counter as a stand-in for the count stage's artifact.
+
+    .venv/bin/python benchmarks/graph.py [--scale 5] [--partitions 8] [--workdir /tmp/kexue-graph-bench]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing
+import os
+import resource
+import sys
+import tempfile
+import time
+import unicodedata
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from kexue.communities import community_params, detect_communities, lfr_nmi
+from kexue.cooccurrence import build_graph, graph_params, partition_cooccurrence, select_vocabulary, sum_counts
+from kexue.corpora import peoples_daily, stopwords
+
+
+def rss_peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def is_punct(token: str) -> bool:
+    return all(unicodedata.category(ch)[0] in "PSZ" for ch in token)
+
+
+def write_inputs(docs: list[list[str]], out: Path, partitions: int) -> tuple[list[str], str]:
+    """Tokens partitions and a vocabulary Parquet in the pipeline's formats."""
+    out.mkdir(parents=True, exist_ok=True)
+    counts, doc_freq = Counter(), Counter()
+    for d in docs:
+        counts.update(d)
+        doc_freq.update(set(d))
+    vocab = pd.DataFrame({"token": list(counts), "count": list(counts.values())})
+    vocab = vocab.sort_values(["count", "token"], ascending=[False, True], ignore_index=True)
+    vocab["doc_freq"] = vocab["token"].map(doc_freq)
+    vocab["rank"] = np.arange(len(vocab))
+    stop = stopwords()
+    vocab["is_stopword"] = vocab["token"].isin(stop)
+    vocab["is_punct"] = vocab["token"].map(is_punct)
+    vocab_path = out / "vocabulary.parquet"
+    vocab.to_parquet(vocab_path, index=False)
+    paths = []
+    for i, idx in enumerate(np.array_split(np.arange(len(docs)), partitions)):
+        path = out / f"tokens-{i:03d}.parquet"
+        pd.DataFrame(
+            {"doc_id": [str(j) for j in idx], "source": "builtin:peoples-daily-1998", "label": None, "tokens": [docs[j] for j in idx]}
+        ).to_parquet(path, index=False)
+        paths.append(str(path))
+    return paths, str(vocab_path)
+
+
+def naive_counts(paths: list[str], vocab_path: str, params: dict) -> dict:
+    """Reference: one process, a Python dict keyed by word pairs (what the stage must beat)."""
+    baseline = rss_peak_mb()
+    t0 = time.perf_counter()
+    keep = set(select_vocabulary(vocab_path, graph_params(params))["token"])
+    window = graph_params(params).window
+    pairs: dict[tuple[str, str], int] = defaultdict(int)
+    for path in paths:
+        for doc in pq.read_table(path, columns=["tokens"]).column("tokens").to_pylist():
+            kept = [t for t in doc if t in keep]
+            for i, a in enumerate(kept):
+                for b in kept[i + 1:i + 1 + window]:
+                    if a != b:
+                        pairs[a, b] += 1
+                        pairs[b, a] += 1
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "peak_rss_mb": rss_peak_mb(), "baseline_rss_mb": baseline,
+            "total": int(sum(pairs.values())), "distinct_pairs": len(pairs)}
+
+
+def parallel_counts(client, paths: list[str], vocab_path: str, params: dict) -> tuple[float, object]:
+    """The pipeline stage's shape: one task per partition, partials tree-summed on the cluster."""
+    t0 = time.perf_counter()
+    futures = client.map(partition_cooccurrence, paths, vocab_path=vocab_path, params=params, pure=False)
+    while len(futures) > 1:
+        futures = [client.submit(sum_counts, futures[i:i + 2], pure=False) for i in range(0, len(futures), 2)]
+    total = futures[0].result()
+    return time.perf_counter() - t0, total
+
+
+def bench_cooccurrence(docs: list[list[str]], work: Path, scale: int, partitions: int) -> dict:
+    from distributed import Client, LocalCluster
+
+    paths, vocab_path = write_inputs(docs * scale, work / f"x{scale}", partitions)
+    params = {}  # stage defaults
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        naive = pool.apply(naive_counts, (paths, vocab_path, params))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+        idle = client.run(rss_peak_mb)
+        cold, total = parallel_counts(client, paths, vocab_path, params)
+        warm, _ = parallel_counts(client, paths, vocab_path, params)
+        peaks = client.run(rss_peak_mb)
+    if int(total.sum()) != naive["total"] or total.nnz != naive["distinct_pairs"]:
+        raise AssertionError(f"parallel counts {total.sum()}/{total.nnz} != naive {naive['total']}/{naive['distinct_pairs']}")
+    return {
+        "corpus": f"builtin:peoples-daily-1998 x{scale}",
+        "documents": len(docs) * scale,
+        "tokens": sum(map(len, docs)) * scale,
+        "partitions": partitions,
+        "vocabulary_nodes": total.shape[0],
+        "pair_count_total": naive["total"],
+        "distinct_pairs": naive["distinct_pairs"],
+        "parallel_2_workers_seconds": cold,
+        "parallel_2_workers_seconds_warm": warm,
+        "naive_dict_seconds": naive["seconds"],
+        "speedup": naive["seconds"] / cold,
+        "speedup_warm": naive["seconds"] / warm,
+        "parallel_worker_peak_rss_mb": max(peaks.values()),
+        "parallel_worker_idle_rss_mb": max(idle.values()),
+        "naive_peak_rss_mb": naive["peak_rss_mb"],
+        "naive_baseline_rss_mb": naive["baseline_rss_mb"],
+    }
+
+
+def bench_communities(docs: list[list[str]], work: Path) -> dict:
+    paths, vocab_path = write_inputs(docs, work / "x1", 4)
+    t0 = time.perf_counter()
+    counts = sum_counts(partition_cooccurrence(p, vocab_path, {}) for p in paths)
+    graph = build_graph(counts, vocab_path, str(work / "graph"), {})
+    graph_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    comm = detect_communities(str(work / "graph"), str(work / "communities"), {})
+    stage_seconds = time.perf_counter() - t0
+    m = comm["metrics"]
+    return {
+        "graph_defaults": dataclasses.asdict(graph_params({})),
+        "communities_defaults": dataclasses.asdict(community_params({})),
+        "graph_seconds_single_process": graph_seconds,
+        "graph_metrics": graph["metrics"],
+        "infomap_seconds": m["infomap_seconds"],
+        "communities_stage_seconds": stage_seconds,
+        "overhead_percent": 100.0 * (stage_seconds - m["infomap_seconds"]) / m["infomap_seconds"],
+        "num_modules": m["num_modules"],
+        "largest_module_share": m["largest_module_share"],
+        "codelength_one_level": m["codelength_one_level"],
+        "codelength": m["codelength"],
+        "saving_percent": m["saving_percent"],
+        "codelength_mapequation_diff": m["codelength_mapequation_diff"],
+        "largest_modules": m["top_modules"],
+    }
+
+
+def bench_lfr() -> list[dict]:
+    rows = []
+    for mu in (0.1, 0.3, 0.5):
+        for seed in (1, 2, 3):
+            rows.append(lfr_nmi(1000, mu, seed, average_degree=15, num_trials=5, max_degree=50, max_community=100))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=int, default=5)
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="kexue-graph-bench-"))
+
+    import rjieba
+
+    t0 = time.perf_counter()
+    docs = [rjieba.cut(r.text) for r in peoples_daily()]
+    report = {
+        "load_average_at_start": os.getloadavg(),
+        "cpu_count": os.cpu_count(),
+        "tokenise_seconds_untimed": time.perf_counter() - t0,
+        "cooccurrence": bench_cooccurrence(docs, work, args.scale, args.partitions),
+        "communities": bench_communities(docs, work),
+        "lfr": bench_lfr(),
+        "load_average_at_end": os.getloadavg(),
+    }
+    json.dump(report, sys.stdout, ensure_ascii=False, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
