@@ -12,7 +12,6 @@ Also here: cosine cohesion of modules under word vectors, and the LFR benchmark 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,10 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import normalized_mutual_info_score
 
 from kexue.artifacts import atomic_path, write_json_atomic, write_parquet_atomic
-from kexue.cooccurrence import check_param, params_from_dict
 from kexue.graph_io import PAJEK_FILE, read_graph
 from kexue.mapequation import directed_flow, module_codelength, undirected_flow
 
@@ -34,35 +33,27 @@ TREE_FILE = "communities.tree"
 CODELENGTHS_FILE = "codelengths.json"
 
 
-@dataclass(frozen=True)
-class CommunityParams:
+class CommunityParams(BaseModel):
     """Parameters of the communities stage (``pipeline.yaml`` → ``communities``).
 
-    ``directed=None`` follows the graph (co-occurrence graphs are undirected). ``two_level``
-    False asks Infomap for a multilevel hierarchy; the module table is then of top modules.
+    ``directed=None`` follows the graph (co-occurrence graphs are undirected); a value that
+    contradicts the graph is an error. ``two_level`` False asks Infomap for a multilevel
+    hierarchy; the module table is then of top modules.
     """
 
+    model_config = ConfigDict(extra="forbid", frozen=True)
     two_level: bool = True
-    num_trials: int = 10
-    seed: int = 123
+    num_trials: int = Field(10, ge=1)
+    seed: int = Field(123, ge=1)  # Infomap's seeds start at 1
     directed: bool | None = None
-    markov_time: float = 1.0
-    top_words: int = 10
-    top_modules: int = 15
-
-    def __post_init__(self) -> None:
-        w = "communities"
-        check_param(isinstance(self.two_level, bool), w, "two_level", self.two_level, "must be true or false")
-        check_param(self.directed is None or isinstance(self.directed, bool), w, "directed", self.directed, "must be null, true or false")
-        check_param(isinstance(self.num_trials, int) and self.num_trials >= 1, w, "num_trials", self.num_trials, "must be an int >= 1")
-        check_param(isinstance(self.seed, int) and self.seed >= 1, w, "seed", self.seed, "must be an int >= 1 (Infomap's seeds start at 1)")
-        check_param(isinstance(self.markov_time, (int, float)) and self.markov_time > 0, w, "markov_time", self.markov_time, "must be > 0")
-        check_param(isinstance(self.top_words, int) and self.top_words >= 1, w, "top_words", self.top_words, "must be an int >= 1")
-        check_param(isinstance(self.top_modules, int) and self.top_modules >= 0, w, "top_modules", self.top_modules, "must be an int >= 0")
+    markov_time: float = Field(1.0, gt=0)
+    top_words: int = Field(10, ge=1)  # words listed per module (highest flow first)
+    top_modules: int = Field(15, ge=0)  # largest modules listed in the metrics
 
 
 def community_params(params: dict[str, Any] | None) -> CommunityParams:
-    return params_from_dict(CommunityParams, params, "communities")
+    """Validate a ``communities`` params dict (pydantic's error names the bad key)."""
+    return CommunityParams.model_validate(params or {})
 
 
 def infomap_network(adjacency: sp.spmatrix, directed: bool, names: list[str] | None = None) -> infomap.Network:

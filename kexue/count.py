@@ -1,19 +1,21 @@
 """count: per-partition token counts in batches, merged pairwise into a vocabulary.
 
-Why batch-then-merge: ``Counter(chain(batch))`` counts a batch inside C, and merging a
-few partial counters is cheap; growing one giant dict token by token in Python is what
-the naive loop does, and it is several times slower even on one core. On the cluster
-the partials are merged as a tree, so no single task holds every partition at once.
+Why batch-then-merge: a batch of documents is counted at once inside Arrow's C++ kernels
+(never token by token in Python), and merging a few partial tables is cheap; growing one
+giant dict token by token is what the naive loop does, and it is many times slower even
+on one core. On the cluster the partials are merged as a tree, so no single task holds
+every partition at once.
 """
 from __future__ import annotations
 
 import unicodedata
-from collections import Counter
-from itertools import chain, islice
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from kexue.corpora import stopwords
@@ -27,41 +29,47 @@ class CountParams(BaseModel):
     merge_fanin: int = Field(2, ge=2)  # partials merged per tree node
 
 
-def _batches(it: Iterable, n: int):
-    it = iter(it)
-    while batch := list(islice(it, n)):
-        yield batch
+def _partial(tokens: pa.ChunkedArray | pa.Array) -> pa.Table:
+    """(token, count, doc_freq) of one batch of documents (a list<string> array), in Arrow.
+
+    Counting runs in Arrow's C++ kernels: value_counts over the flattened tokens, and
+    document frequency as the counts of distinct (document, token) pairs.
+    """
+    if isinstance(tokens, pa.ChunkedArray):
+        tokens = tokens.combine_chunks()
+    flat = pc.list_flatten(tokens)
+    if len(flat) == 0:
+        return pa.table({"token": pa.array([], pa.string()), "count": pa.array([], pa.int64()), "doc_freq": pa.array([], pa.int64())})
+    pairs = pa.table({"doc": pc.list_parent_indices(tokens), "token": flat})
+    counts = pairs.group_by("token").aggregate([("doc", "count")]).rename_columns(["token", "count"])
+    dfreq = pairs.group_by(["doc", "token"]).aggregate([]).group_by("token").aggregate([("doc", "count")]).rename_columns(["token", "doc_freq"])
+    return counts.join(dfreq, "token")
 
 
-def count_tokens(docs: Iterable[list[str]], batch_docs: int = 2000) -> tuple[Counter, Counter]:
-    """(token counts, document frequencies) over an iterable of token lists."""
-    counts, dfreq = Counter(), Counter()
-    for batch in _batches(docs, batch_docs):
-        counts.update(Counter(chain.from_iterable(batch)))
-        dfreq.update(Counter(chain.from_iterable(set(d) for d in batch)))
-    return counts, dfreq
+def _sum(tables: list[pa.Table]) -> pa.Table:
+    if len(tables) == 1:
+        return tables[0]
+    merged = pa.concat_tables(tables).group_by("token").aggregate([("count", "sum"), ("doc_freq", "sum")])
+    return merged.rename_columns(["token", "count", "doc_freq"])
 
 
-def partial_frame(counts: Counter, dfreq: Counter) -> pd.DataFrame:
-    tokens = sorted(counts)
-    return pd.DataFrame(
-        {"token": tokens, "count": [counts[t] for t in tokens], "doc_freq": [dfreq[t] for t in tokens]},
-        columns=PARTIAL_COLUMNS,
-    ).astype({"count": "int64", "doc_freq": "int64"})
+def _frame(table: pa.Table) -> pd.DataFrame:
+    df = table.select(PARTIAL_COLUMNS).to_pandas()
+    return df.sort_values("token", kind="mergesort").reset_index(drop=True).astype({"count": "int64", "doc_freq": "int64"})
 
 
 def count_partition(tokens_path: str | Path, batch_docs: int = 2000) -> pd.DataFrame:
-    """Partial counts of one tokens partition, sorted by token."""
-    docs = pd.read_parquet(tokens_path, columns=["tokens"])["tokens"]
-    return partial_frame(*count_tokens((list(d) for d in docs), batch_docs))
+    """Partial counts of one tokens partition, sorted by token: per batch, then merged."""
+    pf = pq.ParquetFile(tokens_path)
+    partials = [_partial(b.column("tokens")) for b in pf.iter_batches(batch_size=batch_docs, columns=["tokens"])]
+    return _frame(_sum(partials) if partials else _partial(pa.array([], pa.list_(pa.string()))))
 
 
 def merge_partials(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Sum partial count frames (token → count, doc_freq)."""
     if len(frames) == 1:
         return frames[0]
-    merged = pd.concat(frames, ignore_index=True).groupby("token", sort=True, as_index=False)[["count", "doc_freq"]].sum()
-    return merged[PARTIAL_COLUMNS].astype({"count": "int64", "doc_freq": "int64"})
+    return _frame(_sum([pa.Table.from_pandas(f[PARTIAL_COLUMNS], preserve_index=False) for f in frames]))
 
 
 def is_punct(token: str) -> bool:

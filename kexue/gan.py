@@ -417,6 +417,10 @@ def train_gan(
     ``grid_final.png``, ``history.json``, ``tensorboard/`` event files, and with ``eval_fn``
     also ``generator_best.keras``, ``samples_best.npy``, ``grid_best.png`` and
     ``grid_stepNNNNNN.png`` per evaluation. Returns ``{"files": {name: path}, "metrics": ...}``.
+
+    To distribute, call it inside ``strategy.scope()``: the GAN is built in the caller's
+    strategy and ``fit`` distributes the batches. TensorFlow's thread counts are the
+    caller's (set ``TF_NUM_INTRAOP_THREADS=1`` per worker to run one variant per core).
     """
     p = {**DEFAULT_PARAMS, **params}
     unknown = set(params) - set(DEFAULT_PARAMS)

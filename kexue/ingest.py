@@ -26,6 +26,7 @@ class IngestParams(BaseModel):
     sources: list[SourceSpec] = Field(default_factory=lambda: [SourceSpec(source="builtin:peoples-daily-1998")], min_length=1)
     partition_bytes: int = Field(16_000_000, ge=1_000)  # target UTF-8 bytes of text per partition
     max_partition_factor: float = Field(4.0, ge=1.0)  # hard cut at factor × target
+    deduplicate: bool = True  # drop exact duplicate texts (counted in the report)
 
 
 PARTITION_COLUMNS = ["doc_id", "source", "label", "text", "hash", "gold_tokens"]
@@ -96,19 +97,19 @@ def ingest(
             assert isinstance(rec, Doc)
             h = text_hash(rec.text)
             labels_of[h].add(rec.label)
-            if h in seen:
+            if h in seen and p.deduplicate:
                 stats["duplicates"] += 1
                 continue
             stats["kept"] += 1
             doc = {
-                "doc_id": f"{name}/{rec.key}",
+                "doc_id": f"{name}/{rec.key}" if h not in seen else f"{name}/{rec.key}#{stats['read']}",
                 "source": name,
                 "label": rec.label,
                 "text": rec.text,
                 "hash": h,
                 "gold_tokens": list(rec.gold_tokens) if rec.gold_tokens is not None else None,
             }
-            seen[h] = doc
+            seen.setdefault(h, doc)
             kept_by_source[name].append(doc)
 
     partitions: list[FileRef] = []
@@ -135,7 +136,7 @@ def ingest(
         "quarantined": totals["quarantined"],
         "label_conflicts": len(conflicts),
         "partitions": len(partitions),
-        "characters": sum(len(d["text"]) for d in seen.values()),
+        "characters": sum(len(d["text"]) for docs in kept_by_source.values() for d in docs),
         "per_source": {k: {f: v.get(f, 0) for f in ("read", "kept", "duplicates", "quarantined")} for k, v in per_source.items()},
         "quarantine_reasons": dict(Counter(q["reason"].split(":")[0].split(" (")[0] for q in quarantine)),
     }

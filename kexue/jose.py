@@ -351,7 +351,7 @@ def spherical_hinge_step(anchor, positive, negatives, weight, alpha, margin):
     reference's update-quantity correction. Returns (Δu [B,D], Δu′ [B,K,D], Δa [B,D], loss [B]).
     """
     f = tf.reduce_sum(positive * anchor, axis=-1)  # [B]
-    h = tf.einsum("bkd,bd->bk", negatives, anchor)  # [B, K]
+    h = tf.reduce_sum(negatives * anchor[:, None, :], axis=-1)  # [B, K] (no einsum: XLA CPU batch-dots are slow)
     gap = f[:, None] - h
     active = tf.cast(gap < margin, anchor.dtype) * weight  # [B, K]
     rate = alpha[:, None] * active
@@ -360,7 +360,7 @@ def spherical_hinge_step(anchor, positive, negatives, weight, alpha, margin):
     c = rate * (1.0 - gap)  # [B, K]
     delta_anchor = (
         tf.reduce_sum(c, axis=1)[:, None] * positive
-        - tf.einsum("bk,bkd->bd", c, negatives)
+        - tf.reduce_sum(c[:, :, None] * negatives, axis=1)
         - tf.reduce_sum(c * gap, axis=1)[:, None] * anchor
     )
     loss = tf.reduce_sum(active * (margin - gap), axis=1)
@@ -399,7 +399,7 @@ class JoseModel(tf.Module):
     def _read(table: tf.Variable, rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Gather rows and their norms; the vector a row stands for is row / norm."""
         x = tf.gather(table, rows)
-        norm = tf.norm(x, axis=-1, keepdims=True)
+        norm = tf.sqrt(tf.reduce_sum(x * x, axis=-1, keepdims=True))
         return x / norm, norm
 
     def step(self, center, context, negatives, doc, doc_scale, alpha, valid):

@@ -98,9 +98,9 @@ def test_directed_setting_must_match_the_graph(tmp_path: Path) -> None:
     graph_dir, _, _ = write_planted(tmp_path, 4)
     with pytest.raises(ValueError, match="communities.directed"):
         detect_communities(graph_dir, str(tmp_path / "x"), {"directed": True})
-    with pytest.raises(ValueError, match="num_trals"):
+    with pytest.raises(ValueError, match="(?m)^num_trals$"):
         community_params({"num_trals": 3})
-    with pytest.raises(ValueError, match="communities.seed"):
+    with pytest.raises(ValueError, match="(?m)^seed$"):
         community_params({"seed": 0})
 
 

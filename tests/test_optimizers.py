@@ -467,3 +467,29 @@ def test_mirrored_strategy_with_two_replicas_matches_single_device():
         capture_output=True, text=True, timeout=300, check=True,
     )
     assert float(result.stdout.strip().splitlines()[-1]) < 1e-5
+
+
+def test_state_in_variables_is_enough_to_resume():
+    """What a checkpoint of ``optimizer.variables`` restores continues the same trajectory."""
+    first = build_optimizer(FULL_SPEC)
+    variables = make_variables()
+    run_keras(first, 3, variables=variables)
+    saved_weights = {k: v.numpy() for k, v in variables.items()}
+    saved_state = [v.numpy() for v in first.variables]
+    resumed_variables = {k: keras.Variable(w, dtype="float64", name=k) for k, w in saved_weights.items()}
+    resumed = build_optimizer(FULL_SPEC)
+    resumed.build([resumed_variables[k] for k in variables])
+    assert len(resumed.variables) == len(saved_state)
+    for target, value in zip(resumed.variables, saved_state):
+        target.assign(value)
+    assert_weights_close(run_keras(resumed, 5, variables=resumed_variables), run_keras(first, 5, variables=variables))
+
+
+def test_factory_validates_variant_values():
+    with pytest.raises(ValueError, match="accumulation_steps"):
+        build_optimizer({"name": "adam", "accumulation_steps": 0})
+    with pytest.raises(ValueError, match="lazy"):
+        build_optimizer({"name": "adam", "lazy": 3})
+    optimizer = build_optimizer({"name": "sgd", "learning_rate": "2e-4", "lazy": "embedding", "lookahead": True})
+    assert (optimizer.k, optimizer.alpha, optimizer.inner_optimizer.include) == (5, 0.5, ["embedding"])
+    assert np.isclose(float(optimizer.learning_rate), 2e-4)

@@ -26,9 +26,9 @@ DERIVED_KEYS = {
     "name": "Keras optimizer name, e.g. 'adam', 'sgd', 'adamw', 'lamb', 'rmsprop' (default 'adam')",
     "schedule": "{step: multiplier} piecewise-linear learning-rate multipliers",
     "accumulation_steps": "number of micro-batches averaged per update (1 = off)",
-    "layer_adaptation": "true, or a list of variable-path substrings to exclude from it",
-    "lookahead": "{k: int, alpha: float}, or null",
-    "lazy": "true (all variables), a list of variable-path substrings, or false",
+    "layer_adaptation": "true (all variables), or variable-path substrings to exclude from it",
+    "lookahead": "{k: int, alpha: float} (true = k 5, alpha 0.5), or null",
+    "lazy": "true (all variables of rank >= 1), or variable-path substrings to include",
 }
 LOOKAHEAD_KEYS = ("k", "alpha")
 
@@ -79,11 +79,14 @@ def build_optimizer(spec: Mapping[str, Any]) -> keras.optimizers.Optimizer:
     lookahead = spec.pop("lookahead", None)
     lazy = spec.pop("lazy", False)
 
-    if accumulation_steps is not None and accumulation_steps != 1:
+    if accumulation_steps is not None:
+        if int(accumulation_steps) != accumulation_steps or accumulation_steps < 1:
+            raise ValueError(f"`accumulation_steps` must be an integer >= 1, got {accumulation_steps!r}.")
         if spec.get("gradient_accumulation_steps") is not None:
             raise ValueError("Give `accumulation_steps` or `gradient_accumulation_steps`, not both.")
-        spec["gradient_accumulation_steps"] = int(accumulation_steps)
+        spec["gradient_accumulation_steps"] = int(accumulation_steps) if accumulation_steps > 1 else None
     if "learning_rate" in spec:
+        # float() also accepts YAML 1.1's "2e-4", which PyYAML reads as a string.
         spec["learning_rate"] = float(spec["learning_rate"])
     if schedule is not None:
         default_lr = inspect.signature(base_class.__init__).parameters["learning_rate"].default
@@ -91,11 +94,25 @@ def build_optimizer(spec: Mapping[str, Any]) -> keras.optimizers.Optimizer:
 
     optimizer = base_class(**spec)
     if layer_adaptation:
-        exclude = None if layer_adaptation is True else list(layer_adaptation)
-        optimizer = LayerAdaptation(optimizer, exclude=exclude)
+        optimizer = LayerAdaptation(optimizer, exclude=_patterns(layer_adaptation, "layer_adaptation"))
     if lazy:
-        optimizer = Lazy(optimizer, include=None if lazy is True else list(lazy))
+        optimizer = Lazy(optimizer, include=_patterns(lazy, "lazy"))
     if lookahead:
+        if lookahead is True:
+            lookahead = {}
+        if not isinstance(lookahead, Mapping):
+            raise ValueError(f"`lookahead` must be true or a mapping with keys k, alpha; got {lookahead!r}.")
         _check_keys(lookahead, LOOKAHEAD_KEYS, "optimizer spec `lookahead`")
         optimizer = Lookahead(optimizer, **lookahead)
     return optimizer
+
+
+def _patterns(value: Any, key: str) -> list[str] | None:
+    """``true`` → None (all variables); a string or list of strings → list of path substrings."""
+    if value is True:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ValueError(f"`{key}` must be true/false, a string or a list of strings; got {value!r}.")
