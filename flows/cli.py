@@ -81,5 +81,51 @@ def check(
     console.print(f"[green]ok[/green]: {len(order)} stages in order: {', '.join(order)}")
 
 
+@app.command()
+def report(
+    run_dir: Optional[str] = typer.Argument(None, help="a run folder (data/runs/<run-id>); default: the latest run"),
+    config: str = typer.Option("pipeline.yaml", "--config", "-c"),
+    profile: str = typer.Option("local", "--profile", "-p"),
+    screenshot: bool = typer.Option(False, "--screenshot", help="also save report.png with headless Chromium"),
+) -> None:
+    """(Re)generate a run's report.html from its summary.json."""
+    from kexue.report import latest_run_dir, write_report
+
+    if run_dir is None:
+        cfg = _load(config, profile, [])
+        run_dir = latest_run_dir(cfg.data_dir)
+        if run_dir is None:
+            console.print(f"[red]no runs yet under {cfg.data_dir / 'runs'}[/red]")
+            raise typer.Exit(1)
+    if not (Path(run_dir) / "summary.json").exists():
+        console.print(f"[red]{run_dir}: no summary.json[/red]")
+        raise typer.Exit(1)
+    page = write_report(run_dir)
+    console.print(f"report: {page}")
+    if screenshot:
+        from kexue.browser import screenshot as shoot
+
+        console.print(f"screenshot: {shoot(page, Path(run_dir) / 'report.png')}")
+
+
+@app.command()
+def deploy(
+    pool: str = typer.Option("kexue-pool", "--pool", help="the process work pool the deployments use"),
+) -> None:
+    """Register the deployments of prefect.yaml (nightly, adhoc) with the Prefect API in PREFECT_API_URL."""
+    import os
+    import subprocess
+
+    if not os.environ.get("PREFECT_API_URL"):
+        console.print("[red]set PREFECT_API_URL to a running server (prefect server start --host 127.0.0.1)[/red]")
+        raise typer.Exit(2)
+    exe = Path(sys.executable).with_name("prefect")
+    pools = subprocess.run([exe, "work-pool", "inspect", pool], capture_output=True, text=True)
+    if pools.returncode != 0:
+        subprocess.run([exe, "work-pool", "create", pool, "--type", "process"], check=True)
+    subprocess.run([exe, "--no-prompt", "deploy", "--all"], check=True)
+    console.print(f"deployed; start a worker with: prefect worker start --pool {pool}")
+
+
 def main() -> None:
     sys.exit(app())

@@ -8,6 +8,7 @@ and the next run resumes from the cached stages.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import time
@@ -16,15 +17,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import dask
 from prefect import flow, get_run_logger
 from prefect.context import get_run_context
 from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
 
-from flows import runtime
+from flows import publish, runtime
 from flows.stages import RUNNERS, StageContext, summarize_files
-from kexue.artifacts import Manifest, write_json_atomic
+from kexue.artifacts import Manifest, write_bytes_atomic, write_json_atomic
 from kexue.config import Config
 from kexue.dag import check_dag, with_upstream
+from kexue.report import write_report
 from kexue import params as kparams
 from tasks.caching import Store
 
@@ -86,6 +89,7 @@ def stages(config: str, profile: str, overrides: list[str], selected: list[str],
         record.data["dashboard"] = client.dashboard_link
         record.data["workers"] = sorted(w.get("name", a) for a, w in client.scheduler_info(n_workers=-1)["workers"].items())
     record.data["flow_run_id"] = str(ctx.flow_run.id)
+    publish.dashboard(record.data["dashboard"])
     print(f"Dask dashboard: {record.data['dashboard']}")
     print(f"Artifacts under: {cfg.data_dir}   run record: {record.dir}")
     record.save()
@@ -104,7 +108,9 @@ def stages(config: str, profile: str, overrides: list[str], selected: list[str],
             spec = cfg.pipeline.stages[name]
             t0 = time.perf_counter()
             try:
-                outcome = RUNNERS[spec.task](sctx, cfg.params[name], {u: done[u] for u in spec.inputs})
+                # resources from the profile (e.g. {GPU: 1}) land training tasks on matching workers
+                with dask.annotate(resources=sctx.resources[name]) if name in sctx.resources else contextlib.nullcontext():
+                    outcome = RUNNERS[spec.task](sctx, cfg.params[name], {u: done[u] for u in spec.inputs})
             except BaseException as e:  # record the failure, then let the flow fail
                 record.stage(name=name, task=spec.task, status="failed", cached=False,
                              seconds=round(time.perf_counter() - t0, 3), error=f"{type(e).__name__}: {e}",
@@ -116,10 +122,16 @@ def stages(config: str, profile: str, overrides: list[str], selected: list[str],
             seconds = round(time.perf_counter() - t0, 3)
             record.stage(name=name, task=spec.task, status="completed", cached=outcome.cached, seconds=seconds,
                          files=summarize_files(outcome.manifest), metrics=outcome.manifest.metrics)
+            publish.stage(record.data["stages"][-1])
+            for key, (rows, description) in outcome.tables.items():
+                publish.table(f"{name}-{key}", rows, description)
             print(f"{'cached ' if outcome.cached else 'done   '} {name:<12} {seconds:8.2f}s")
     record.data["status"] = "failed" if failed else "completed"
     record.data["finished"] = dt.datetime.now().isoformat(timespec="seconds")
     record.save()
+    report = write_report(record.dir)
+    write_bytes_atomic(record.latest / "report.html", report.read_bytes())
+    print(f"Report: {report}")
     if failed:
         raise RuntimeError(f"stage {failed!r} failed; see {record.dir / 'summary.json'}. "
                            "Re-run to resume: completed stages come from the cache.")
@@ -150,13 +162,4 @@ def pipeline(config: str = "pipeline.yaml", profile: str = "local", overrides: l
     results = {PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(cfg.data_dir / "prefect" / "results")}
     with temporary_settings(results):
         return stages.with_options(task_runner=runner)(config, profile, overrides, selected, run_id or new_run_id())
-
-
-def latest_run_dir(data_dir: Path) -> Path | None:
-    latest = data_dir / "runs" / "latest" / "run.json"
-    if not latest.exists():
-        return None
-    import json
-
-    return Path(json.loads(latest.read_text())["run_dir"])
 

@@ -36,6 +36,7 @@ class StageContext:
 class StageOutcome:
     manifest: Manifest
     cached: bool
+    tables: dict[str, tuple[list[dict], str]] = field(default_factory=dict)  # key -> (rows, description)
 
 
 def wait(ctx: StageContext, futures: list[PrefectFuture], label: str) -> list[Any]:
@@ -74,6 +75,7 @@ def run_tokenize(ctx: StageContext, params: dict, upstream: dict[str, Manifest])
     if totals.get("seg_docs"):
         metrics["segmentation"] = {**prf(totals["seg_tp"], totals["seg_pred"], totals["seg_gold"]),
                                    "documents": totals["seg_docs"]}
+    metrics["workers"] = sorted({str(m.metrics.get("worker")) for m in results})
     repaired = [r for m in results for r in m.metrics.get("repaired") or []]
     if repaired:
         metrics["repaired"] = repaired

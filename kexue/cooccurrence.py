@@ -83,44 +83,56 @@ def select_vocabulary(vocab_path: str, params: GraphParams) -> pd.DataFrame:
 def token_ids(tokens: pa.ChunkedArray | pa.Array, vocabulary: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Map a ``list<str>`` column to (kept token ids, document index of each kept token).
 
-    Done in Arrow (``index_in``), so no Python loop over tokens.
+    Works on the dictionary-encoded form (as ``read_dictionary`` gives it straight from
+    Parquet): only the distinct strings are looked up in the vocabulary (Arrow ``index_in``),
+    then every token is one integer take; no Python loop over tokens.
     """
-    if isinstance(tokens, pa.ChunkedArray):
-        tokens = tokens.combine_chunks()
-    lengths = pc.fill_null(pc.list_value_length(tokens), 0).to_numpy(zero_copy_only=False)
-    flat = pc.list_flatten(tokens)
     value_set = pa.array(vocabulary["token"].tolist(), type=pa.string())
-    ids = pc.index_in(flat.cast(pa.string()), value_set=value_set)
-    ids = pc.fill_null(ids, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-    doc = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
-    kept = ids >= 0
-    return ids[kept], doc[kept]
+    chunks = tokens.chunks if isinstance(tokens, pa.ChunkedArray) else [tokens]
+    ids, lengths = [], []
+    for chunk in chunks:
+        lengths.append(pc.fill_null(pc.list_value_length(chunk), 0).to_numpy(zero_copy_only=False))
+        flat = pc.list_flatten(chunk)
+        if not pa.types.is_dictionary(flat.type):
+            flat = flat.dictionary_encode()
+        lookup = pc.index_in(flat.dictionary.cast(pa.string()), value_set=value_set)
+        lookup = np.append(pc.fill_null(lookup, -1).to_numpy(zero_copy_only=False), -1)  # last: null token
+        codes = pc.fill_null(flat.indices, len(flat.dictionary)).to_numpy(zero_copy_only=False)
+        ids.append(lookup[codes])
+    length = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+    all_ids = np.concatenate(ids).astype(np.int64) if ids else np.zeros(0, dtype=np.int64)
+    doc = np.repeat(np.arange(len(length), dtype=np.int64), length)
+    kept = all_ids >= 0
+    return all_ids[kept], doc[kept]
 
 
 def window_counts(ids: np.ndarray, doc: np.ndarray, num_words: int, window: int) -> sp.csr_matrix:
     """Upper-triangular co-occurrence counts of a token-id sequence split into documents by ``doc``.
 
     For each distance d ≤ window the pairs (ids[i], ids[i+d]) in the same document are
-    collected as arrays, ordered so row < col, and turned into one sparse matrix (COO → CSR
-    sums the duplicates).
+    collected as arrays and encoded as one int64 key row·V + col with row < col; sorting the
+    keys groups equal pairs, and the sorted unique keys are already CSR order.
     """
-    rows, cols = [], []
+    v = np.int64(num_words)
+    keys = []
     for d in range(1, window + 1):
         if d >= len(ids):
             break
         a, b = ids[:-d], ids[d:]
         same = (doc[:-d] == doc[d:]) & (a != b)
         a, b = a[same], b[same]
-        rows.append(np.minimum(a, b))
-        cols.append(np.maximum(a, b))
-    if rows:
-        r, c = np.concatenate(rows), np.concatenate(cols)
-    else:
-        r = c = np.zeros(0, dtype=np.int64)
+        keys.append(np.minimum(a, b) * v + np.maximum(a, b))
+    key = np.sort(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64)
+    first = np.ones(len(key), dtype=bool)
+    np.not_equal(key[1:], key[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    counts = np.diff(np.append(starts, len(key))).astype(np.int64)
+    pairs = key[starts]
+    rows = pairs // v
     index = np.int32 if num_words < 2**31 else np.int64
-    return sp.coo_matrix(
-        (np.ones(len(r), dtype=np.int64), (r.astype(index), c.astype(index))), shape=(num_words, num_words)
-    ).tocsr()
+    indptr = np.zeros(num_words + 1, dtype=index)
+    np.cumsum(np.bincount(rows, minlength=num_words), out=indptr[1:])
+    return sp.csr_matrix((counts, (pairs % v).astype(index), indptr), shape=(num_words, num_words))
 
 
 def symmetric_counts(upper: sp.spmatrix) -> sp.csr_matrix:
@@ -140,7 +152,7 @@ def partition_cooccurrence(tokens_path: str, vocab_path: str, params: dict[str, 
     """
     p = graph_params(params)
     vocabulary = select_vocabulary(vocab_path, p)
-    tokens = pq.read_table(tokens_path, columns=["tokens"]).column("tokens")
+    tokens = pq.read_table(tokens_path, columns=["tokens"], read_dictionary=["tokens.list.element"]).column("tokens")
     ids, doc = token_ids(tokens, vocabulary)
     return window_counts(ids, doc, len(vocabulary), p.window)
 

@@ -100,3 +100,30 @@ def vocabulary_metrics(v: pd.DataFrame) -> dict[str, Any]:
             [t, int(c)] for t, c in v.loc[~v["is_stopword"] & ~v["is_punct"], ["token", "count"]].head(20).itertuples(index=False)
         ],
     }
+
+
+def plot_rank_frequency(vocab: pd.DataFrame, path: str | Path) -> Path:
+    """Zipf plot (log rank vs log count) of the vocabulary, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from kexue.artifacts import atomic_path
+
+    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=110)
+    ranks = np.arange(1, len(vocab) + 1)
+    ax.loglog(ranks, vocab["count"].to_numpy(), lw=1.5, label="all tokens")
+    content = vocab.loc[~vocab["is_stopword"] & ~vocab["is_punct"], "count"].to_numpy()
+    ax.loglog(np.arange(1, len(content) + 1), content, lw=1.2, label="without stop words / punctuation")
+    ax.set_xlabel("rank")
+    ax.set_ylabel("count")
+    ax.set_title(f"rank-frequency, {len(vocab):,} types, {int(vocab['count'].sum()):,} tokens")
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)
+

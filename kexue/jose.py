@@ -42,6 +42,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import tensorflow as tf
 
@@ -161,7 +163,7 @@ def load_corpus(tokens_paths: list[str], vocab_path: str, min_count: int) -> Cor
     words = vocab["token"].tolist()
     if not words:
         raise ValueError(f"no vocabulary word has count >= min_count={min_count} in {vocab_path}")
-    row_of = pd.Index(words)
+    word_set = pa.array(words, type=pa.string())
     ids_parts, doc_parts = [], []
     doc_ids: list[str] = []
     sources: list[str] = []
@@ -169,9 +171,8 @@ def load_corpus(tokens_paths: list[str], vocab_path: str, min_count: int) -> Cor
     for path in tokens_paths:
         table = pq.read_table(path, columns=["doc_id", "source", "label", "tokens"])
         tokens = table.column("tokens").combine_chunks()
-        flat = tokens.flatten().to_numpy(zero_copy_only=False)
         lengths = np.diff(tokens.offsets.to_numpy())
-        rows = row_of.get_indexer(flat)
+        rows = pc.fill_null(pc.index_in(tokens.flatten(), value_set=word_set), -1).to_numpy()
         doc_rows = np.repeat(np.arange(len(doc_ids), len(doc_ids) + len(lengths), dtype=np.int32), lengths)
         keep = rows >= 0
         ids_parts.append(rows[keep].astype(np.int32))
@@ -223,9 +224,12 @@ class TupleSampler:
         self.keep_probability = (
             np.minimum(1.0, (np.sqrt(counts / threshold) + 1.0) * threshold / counts) if config.sample > 0 else np.ones_like(counts)
         )
+        # The reference's table of unigram^0.75 (a draw is one random index into it), sized
+        # so that each word's share is resolved to ~1/(64·V).
         weights = counts**0.75
-        self.unigram_cdf = np.cumsum(weights / weights.sum())
-        self.unigram_cdf[-1] = 1.0
+        cdf = np.cumsum(weights / weights.sum())
+        size = int(min(1 << 24, max(1 << 20, 64 * len(counts))))
+        self.negative_table = np.minimum(np.searchsorted(cdf, (np.arange(size) + 0.5) / size), len(counts) - 1).astype(np.int32)
         doc_starts = np.flatnonzero(np.diff(corpus.doc, prepend=-1)) if corpus.train_words else np.zeros(0, np.int64)
         self.doc_starts = np.append(doc_starts, corpus.train_words)
 
@@ -260,7 +264,7 @@ class TupleSampler:
             per_position = inside.sum(axis=1)
             center = k_ids[neighbour[position, slot]]
             context = k_ids[position]
-            negatives = np.searchsorted(self.unigram_cdf, rng.random((position.shape[0], cfg.negative))).astype(np.int32)
+            negatives = self.negative_table[rng.integers(0, self.negative_table.shape[0], (position.shape[0], cfg.negative))]
             yield (
                 center, context, k_doc[position], (1.0 / per_position[position]).astype(np.float32),
                 negatives, (start + kept[position]).astype(np.int64),
@@ -270,37 +274,38 @@ class TupleSampler:
         """Fixed-shape blocks of tuples (the last one padded) so one compiled program serves all."""
         cfg = self.config
         size = cfg.steps_per_block * cfg.batch_size
-        total_tokens = cfg.epochs * self.corpus.train_words
         pending: list[tuple[np.ndarray, ...]] = []
         pending_n = 0
-
-        def emit(parts: list[tuple[np.ndarray, ...]], n: int) -> Block:
-            cols = [np.concatenate([p[i] for p in parts]) if parts else None for i in range(6)]
-            center, context, doc, scale, negatives, raw = cols
-            pad = size - n
-            center, context, doc = (np.pad(a[:n], (0, pad)) for a in (center, context, doc))
-            scale = np.pad(scale[:n], (0, pad))
-            negatives = np.pad(negatives[:n], ((0, pad), (0, 0)))
-            processed = epoch * self.corpus.train_words + raw[:n][:: cfg.batch_size]
-            alpha = cfg.alpha * np.maximum(1e-4, 1.0 - processed / (total_tokens + 1.0))
-            alpha = np.pad(alpha, (0, cfg.steps_per_block - alpha.shape[0]))
-            s, b = cfg.steps_per_block, cfg.batch_size
-            return Block(
-                center.reshape(s, b), context.reshape(s, b), negatives.reshape(s, b, cfg.negative),
-                doc.reshape(s, b), scale.reshape(s, b), alpha.astype(np.float32),
-                tokens_done=int(epoch * self.corpus.train_words + raw[n - 1] + 1),
-            )
-
         for part in self.pairs(epoch):
             pending.append(part)
             pending_n += part[0].shape[0]
-            while pending_n >= size:
-                merged = tuple(np.concatenate([p[i] for p in pending]) for i in range(6))
-                yield emit([merged], size)
-                rest = tuple(a[size:] for a in merged)
-                pending, pending_n = [rest], pending_n - size
+            if pending_n >= size:
+                merged = tuple(np.concatenate(cols) for cols in zip(*pending))
+                full = pending_n // size * size
+                for start in range(0, full, size):
+                    yield self._block(epoch, tuple(a[start:start + size] for a in merged))
+                pending = [tuple(a[full:] for a in merged)]
+                pending_n -= full
         if pending_n:
-            yield emit(pending, pending_n)
+            yield self._block(epoch, tuple(np.concatenate(cols) for cols in zip(*pending)))
+
+    def _block(self, epoch: int, part: tuple[np.ndarray, ...]) -> Block:
+        cfg = self.config
+        s, b = cfg.steps_per_block, cfg.batch_size
+        center, context, doc, scale, negatives, raw = part
+        n = center.shape[0]
+        pad = s * b - n
+        processed = epoch * self.corpus.train_words + raw[::b]
+        alpha = cfg.alpha * np.maximum(1e-4, 1.0 - processed / (cfg.epochs * self.corpus.train_words + 1.0))
+        return Block(
+            center=np.pad(center, (0, pad)).reshape(s, b),
+            context=np.pad(context, (0, pad)).reshape(s, b),
+            negatives=np.pad(negatives, ((0, pad), (0, 0))).reshape(s, b, cfg.negative),
+            doc=np.pad(doc, (0, pad)).reshape(s, b),
+            doc_scale=np.pad(scale, (0, pad)).reshape(s, b),
+            alpha=np.pad(alpha, (0, s - alpha.shape[0])).astype(np.float32),
+            tokens_done=int(epoch * self.corpus.train_words + raw[-1] + 1),
+        )
 
 
 def prefetch(iterator: Iterator[Block], depth: int = 1) -> Iterator[Block]:
@@ -585,3 +590,96 @@ def train_jose(corpus: Corpus, config: JoseConfig, checkpoint_dir: str | os.Path
         warm_started_words=warm_words, tokens_trained=(config.epochs - first_epoch) * corpus.train_words,
         seconds=time.perf_counter() - t0, losses=losses,
     )
+
+
+# ----------------------------------------------------------------------------- the stage
+def _label_rows(corpus: Corpus, label_source: str | None) -> np.ndarray:
+    """Rows of documents to classify: labelled, and from ``label_source`` (``x`` or ``builtin:x``)."""
+    accepted = {label_source, f"builtin:{label_source}"} if label_source else None
+    return np.asarray([i for i, (src, lab) in enumerate(zip(corpus.sources, corpus.labels))
+                       if lab is not None and (accepted is None or src in accepted)], dtype=np.int64)
+
+
+def _doc_texts(tokens_paths: list[str], doc_ids: set[str]) -> dict[str, str]:
+    """Space-joined tokens of the given documents (the TF-IDF baseline's input)."""
+    texts: dict[str, str] = {}
+    for path in tokens_paths:
+        df = pd.read_parquet(path, columns=["doc_id", "tokens"])
+        df = df[df["doc_id"].isin(doc_ids)]
+        texts.update(zip(df["doc_id"], (" ".join(t) for t in df["tokens"])))
+    return texts
+
+
+def _read_warm_start(directory: str | os.PathLike) -> dict[str, tuple[list[str], np.ndarray]]:
+    """A previous stage output: vocab.parquet + u.npy/v.npy and docs.parquet + d.npy."""
+    directory = Path(directory)
+    words = pd.read_parquet(directory / "vocab.parquet", columns=["token"])["token"].tolist()
+    docs = pd.read_parquet(directory / "docs.parquet", columns=["doc_id"])["doc_id"].tolist()
+    return {"u": (words, np.load(directory / "u.npy")), "v": (words, np.load(directory / "v.npy")),
+            "d": (docs, np.load(directory / "d.npy"))}
+
+
+def evaluate(u: np.ndarray, words: list[str], d: np.ndarray, corpus: Corpus, tokens_paths: list[str],
+             config: JoseConfig, angles_png: str | os.PathLike | None) -> dict[str, Any]:
+    """Neighbours of the probe words, angle statistics (+ PNG), doc-vector vs TF-IDF accuracy."""
+    from kexue.embedding_eval import angle_statistics, document_classification, nearest_neighbours, plot_angle_histogram
+
+    metrics: dict[str, Any] = {"neighbours": nearest_neighbours(u, words, config.probe_words)}
+    stats, angles = angle_statistics(u, seed=config.seed)
+    metrics["angles"] = stats
+    if angles_png is not None:
+        plot_angle_histogram(angles, u.shape[1], angles_png)
+    rows = _label_rows(corpus, config.label_source)
+    labels = [corpus.labels[i] for i in rows]
+    if len(set(labels)) >= 2:
+        ids = [corpus.doc_ids[i] for i in rows]
+        texts = _doc_texts(tokens_paths, set(ids))
+        metrics.update(document_classification(d[rows], [texts[i] for i in ids], labels, seed=config.seed))
+    return metrics
+
+
+def train_jose_stage(tokens_paths: list[str], vocab_path: str, out_dir: str, params: dict[str, Any] | None,
+                     checkpoint_dir: str, warm_start_dir: str | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """The ``jose`` stage: train on the tokenise/count artifacts, write vectors, evaluate.
+
+    Reads tokens partitions (doc_id, source, label, tokens) and the vocabulary Parquet
+    (token, count, rank, ...); ``params`` are ``JoseConfig`` fields (unknown or invalid keys
+    raise ``ValueError`` naming the key). Resumes from ``checkpoint_dir`` if it holds a
+    checkpoint of the same config and corpus; ``warm_start_dir`` is a previous stage
+    ``out_dir`` whose vectors seed words/documents it knows. Writes into ``out_dir``:
+    words.txt / contexts.txt / docs.txt (word2vec text: u, v, d), u.npy, v.npy, d.npy,
+    vocab.parquet (token, count; row order of u/v), docs.parquet (doc_id, source, label;
+    row order of d) and angles.png. Returns {"files": {name: path}, "metrics": {...}}.
+    """
+    from kexue.word2vec import write_word2vec
+
+    config = JoseConfig.from_params(params)
+    configure_threads(config.threads)
+    corpus = load_corpus(tokens_paths, vocab_path, config.min_count)
+    warm = _read_warm_start(warm_start_dir) if warm_start_dir else None
+    result = train_jose(corpus, config, checkpoint_dir, warm_start=warm, progress=progress)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "words": write_word2vec(out / "words.txt", corpus.words, result.u),
+        "contexts": write_word2vec(out / "contexts.txt", corpus.words, result.v),
+        "docs": write_word2vec(out / "docs.txt", corpus.doc_ids, result.d),
+        "u": save_npy_atomic(out / "u.npy", result.u),
+        "v": save_npy_atomic(out / "v.npy", result.v),
+        "d": save_npy_atomic(out / "d.npy", result.d),
+        "vocab": write_parquet_atomic(out / "vocab.parquet", pd.DataFrame({"token": corpus.words, "count": corpus.counts})),
+        "doc_order": write_parquet_atomic(out / "docs.parquet", pd.DataFrame(
+            {"doc_id": corpus.doc_ids, "source": corpus.sources, "label": corpus.labels})),
+    }
+    metrics = evaluate(result.u, corpus.words, result.d, corpus, tokens_paths, config, out / "angles.png")
+    files["angles"] = out / "angles.png"
+    metrics.update({
+        "vocab_size": len(corpus.words), "documents": len(corpus.doc_ids), "corpus_tokens": corpus.train_words,
+        "tokens_trained": result.tokens_trained, "epochs": config.epochs, "epochs_run": result.epochs_run,
+        "resumed_from_epoch": result.resumed_from_epoch, "warm_started_words": result.warm_started_words,
+        "seconds": round(result.seconds, 3),
+        "tokens_per_second": round(result.tokens_trained / result.seconds, 1) if result.seconds > 0 else None,
+        "epoch_losses": [round(x, 3) for x in result.losses],
+    })
+    return {"files": {k: str(v) for k, v in files.items()}, "metrics": metrics}

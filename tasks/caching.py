@@ -112,6 +112,17 @@ def resolve_key(store: Store, base: str) -> str:
     return entry["key"]
 
 
+def worker_name() -> str | None:
+    """Name of the Dask worker running the current task (None outside a worker)."""
+    try:
+        from distributed import get_worker
+
+        w = get_worker()
+        return str(w.name)
+    except (ImportError, ValueError):
+        return None
+
+
 def kexue_task(name: str, code: tuple[str, ...] = (), **task_options) -> Callable:
     """Decorate a function returning a Manifest (or one FileRef) as a cached, verified Prefect task.
 
@@ -142,8 +153,10 @@ def kexue_task(name: str, code: tuple[str, ...] = (), **task_options) -> Callabl
                 raise RuntimeError(f"injected failure in task {name!r} (KEXUE_INJECT_FAILURE)")
             result = fn(*args, **kwargs)
             recorded = result if isinstance(result, Manifest) else Manifest(stage=name, partitions=[result])
-            if entry.get("repaired") and isinstance(result, Manifest):
-                result.metrics["repaired"] = entry["repaired"]
+            if isinstance(result, Manifest):
+                result.metrics.setdefault("worker", worker_name())
+                if entry.get("repaired"):
+                    result.metrics["repaired"] = entry["repaired"]
             write_json_atomic(index, {"key": entry["key"], "manifest": recorded.to_dict(), "repaired": entry.get("repaired")})
             return result
 

@@ -56,7 +56,9 @@ def merge_counts_task(store: Store, partials: list[FileRef]) -> FileRef:
 def vocabulary_task(store: Store, total: FileRef) -> Manifest:
     vocab = kcount.vocabulary(pd.read_parquet(total.path))
     ref = save_content_addressed(store.stage_dir("count") / "vocabulary", ".parquet", lambda t: vocab.to_parquet(t, index=False))
-    return Manifest(stage="count", files={"vocabulary": ref}, metrics=kcount.vocabulary_metrics(vocab))
+    plot = kcount.plot_rank_frequency(vocab, store.stage_dir("count", ref.sha256) / "rank_frequency.png")
+    return Manifest(stage="count", files={"vocabulary": ref, "rank_frequency_png": FileRef.of(plot)},
+                    metrics=kcount.vocabulary_metrics(vocab))
 
 
 def source_fingerprints(params: dict[str, Any], base_dir: str) -> list[str]:

@@ -43,6 +43,7 @@ def planted_graph(seed: int, sizes: tuple[int, ...] = (12, 15, 10), directed: bo
 def write_planted(tmp: Path, seed: int, directed: bool = False, **kw) -> tuple[str, np.ndarray, sp.csr_matrix]:
     a, block = planted_graph(seed, directed=directed, **kw)
     tokens = [f"w{i}" for i in range(a.shape[0])]
+    tokens[-1] = 'a "b" #c'  # space, quote and hash: Pajek quoting and tree parsing must cope
     write_graph(tmp / "graph", tokens, np.arange(a.shape[0]) + 1, a, directed, graphml_max_nodes=100, meta={})
     return str(tmp / "graph"), block, a
 
@@ -55,7 +56,7 @@ def test_detect_communities_artifacts_and_codelength_check(tmp_path: Path, direc
     assert set(files) == {"modules", "module_table", "tree", "codelengths"}
     modules = pd.read_parquet(files["modules"])
     assert modules["id"].tolist() == list(range(len(block)))
-    assert modules["token"].tolist() == [f"w{i}" for i in range(len(block))]
+    assert modules["token"].tolist() == [f"w{i}" for i in range(len(block) - 1)] + ['a "b" #c']
     assert normalized_mutual_info_score(block, modules["module"]) == pytest.approx(1.0)
     assert modules["flow"].sum() == pytest.approx(1.0)
     table = pd.read_parquet(files["module_table"])
@@ -69,7 +70,7 @@ def test_detect_communities_artifacts_and_codelength_check(tmp_path: Path, direc
     assert [s for s, _, _ in m["top_modules"]] == sorted(np.bincount(block).tolist(), reverse=True)
     assert json.loads(Path(files["codelengths"]).read_text())["codelength"] == m["codelength"]
     tree = read_tree(files["tree"])
-    assert len(tree) == len(block) and set(tree["name"]) == set(modules["token"])
+    assert len(tree) == len(block) and set(tree["name"]) == {t.replace('"', "'") for t in modules["token"]}
 
 
 def test_pajek_file_read_back_by_infomap_gives_the_same_result(tmp_path: Path) -> None:
@@ -104,15 +105,19 @@ def test_directed_setting_must_match_the_graph(tmp_path: Path) -> None:
         community_params({"seed": 0})
 
 
-def test_cooccurrence_graph_separates_two_topics(tmp_path: Path) -> None:
+@pytest.mark.parametrize("directed", [False, True])
+def test_cooccurrence_graph_separates_two_topics(tmp_path: Path, directed: bool) -> None:
     rng = np.random.default_rng(0)
     topics = [["股市", "汇率", "美元", "下跌", "成交", "上涨"], ["选手", "冠军", "决赛", "金牌", "男子", "比赛"]]
     docs = [[topics[t][i] for i in rng.integers(0, 6, 30)] for t in (0, 1) for _ in range(40)]
     paths, vocab_path = write_corpus(tmp_path, [docs])
-    params = {"window": 3, "min_count": 1, "top_k": 3}
+    params = {"window": 3, "min_count": 1, "top_k": 3, "directed": directed}
     counts = partition_cooccurrence(paths[0], vocab_path, params)
     build_graph(counts, vocab_path, str(tmp_path / "graph"), params)
+    pajek = (tmp_path / "graph" / "graph.net").read_text(encoding="utf-8")
+    assert ("*Arcs" in pajek) == directed and ("*Edges" in pajek) != directed
     out = detect_communities(str(tmp_path / "graph"), str(tmp_path / "comm"), {"num_trials": 3})
+    assert out["metrics"]["directed"] == directed and out["metrics"]["codelength_mapequation_diff"] < 1e-6
     modules = pd.read_parquet(out["files"]["modules"])
     topic_of = {w: t for t, words in enumerate(topics) for w in words}
     assert normalized_mutual_info_score(modules["token"].map(topic_of), modules["module"]) == pytest.approx(1.0)
@@ -133,7 +138,7 @@ def test_module_cosines_match_brute_force(tmp_path: Path) -> None:
     centres = rng.normal(size=(3, 6))
     v = centres[block] + 0.3 * rng.normal(size=(len(block), 6))
     v /= np.linalg.norm(v, axis=1, keepdims=True)
-    words = [f"w{i}" for i in range(len(block))] + ["其他"]
+    words = [f"w{i}" for i in range(len(block) - 1)] + ['a "b" #c', "其他"]
     out = detect_communities(graph_dir, str(tmp_path / "c"), {"num_trials": 2}, vectors=(words, np.vstack([v, v[:1]])))
     m = out["metrics"]
     assert m["cosine_words"] == len(block) and m["within_module_cosine"] > m["between_module_cosine"]

@@ -8,6 +8,7 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 
@@ -21,6 +22,7 @@ from kexue.cooccurrence import (
     select_vocabulary,
     sum_counts,
     symmetric_counts,
+    token_ids,
     top_k_edges,
     weight_matrix,
 )
@@ -105,6 +107,15 @@ def test_filters_can_keep_stopwords_and_punctuation(tmp_path: Path) -> None:
     # with the default filters 甲 and 乙 become neighbours
     default = symmetric_counts(partition_cooccurrence(paths[0], vocab_path, {"window": 1, "min_count": 1}))
     assert default.toarray().tolist() == [[0, 2], [2, 0]]
+
+
+def test_token_ids_plain_and_dictionary_columns_with_nulls() -> None:
+    vocabulary = pd.DataFrame({"token": ["乙", "甲"], "count": [3, 2]})
+    plain = pa.array([["甲", None, "乙", "丙"], None, [], ["乙"]], type=pa.list_(pa.string()))
+    encoded = pa.chunked_array([plain.slice(0, 2), plain.slice(2)]).cast(pa.list_(pa.dictionary(pa.int32(), pa.string())))
+    for column in (plain, encoded):
+        ids, doc = token_ids(column, vocabulary)
+        assert ids.tolist() == [1, 0, 0] and doc.tolist() == [0, 0, 3]
 
 
 def test_ppmi_and_pmi_match_hand_computed_example() -> None:

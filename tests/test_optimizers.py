@@ -354,12 +354,12 @@ def test_model_save_load_keeps_optimizer_and_state(tmp_path):
     loaded = keras.models.load_model(path)
     assert type(loaded.optimizer) is Lookahead
     for a, b in zip(model.optimizer.variables, loaded.optimizer.variables):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
     embedding0 = model.get_layer("embedding").embeddings.numpy().copy()
     for m in (model, loaded):
         m.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
     for a, b in zip(model.weights, loaded.weights):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
     # Lazy: embedding rows never looked up did not move.
     np.testing.assert_array_equal(model.get_layer("embedding").embeddings.numpy()[5:], embedding0[5:])
 
@@ -493,3 +493,23 @@ def test_factory_validates_variant_values():
     optimizer = build_optimizer({"name": "sgd", "learning_rate": "2e-4", "lazy": "embedding", "lookahead": True})
     assert (optimizer.k, optimizer.alpha, optimizer.inner_optimizer.include) == (5, 0.5, ["embedding"])
     assert np.isclose(float(optimizer.learning_rate), 2e-4)
+
+
+def test_ema_through_wrappers_matches_numpy():
+    lr, momentum = 0.1, 0.8
+    spec = {"name": "sgd", "learning_rate": lr, "use_ema": True, "ema_momentum": momentum,
+            "lookahead": {"k": 2, "alpha": 0.5}, "lazy": True}
+    optimizer = build_optimizer(spec)
+    variables = make_variables()
+    run_keras(optimizer, 4, variables=variables)
+    optimizer.finalize_variable_values([variables[k] for k in variables])
+    for name, w in W0.items():
+        slow, average = w.copy(), None
+        for step in range(4):
+            w = w - lr * grad_of(name, w)
+            # Keras updates the average inside the inner step, before Lookahead syncs.
+            average = w.copy() if average is None else momentum * average + (1 - momentum) * w
+            if (step + 1) % 2 == 0:
+                slow = slow + 0.5 * (w - slow)
+                w = slow.copy()
+        np.testing.assert_allclose(variables[name].numpy(), average, rtol=1e-6)

@@ -65,7 +65,8 @@ class Lookahead(OptimizerWrapper):
 
     def _synchronize(self):
         for variable, slow in self._pairs():
-            new_slow = ops.add(slow, ops.multiply(ops.cast(self.alpha, slow.dtype), ops.subtract(variable, slow)))
+            alpha = ops.cast(self.alpha, slow.dtype)
+            new_slow = ops.add(slow, ops.multiply(alpha, ops.subtract(variable, slow)))
             self.assign(slow, new_slow)
             self.assign(variable, new_slow)
 
@@ -75,6 +76,7 @@ class Lookahead(OptimizerWrapper):
         self.inner_optimizer.apply(grads, trainable_variables)
         updates_after = ops.copy(self.inner_optimizer.iterations)
         sync = ops.logical_and(
+            # On accumulation micro-steps the inner optimizer did not update: no re-sync.
             ops.greater(updates_after, updates_before),
             ops.equal(ops.mod(updates_after, self.k), 0),
         )
