@@ -142,16 +142,31 @@ def bench_cooccurrence(docs: list[list[str]], work: Path, scale: int, partitions
     }
 
 
-def bench_communities(docs: list[list[str]], work: Path) -> dict:
+def load_vectors(jose_dir: str) -> tuple[list[str], np.ndarray]:
+    """(words, u) from a JoSE stage output directory (vocab.parquet gives u.npy's row order)."""
+    words = pd.read_parquet(Path(jose_dir) / "vocab.parquet")["token"].tolist()
+    return words, np.load(Path(jose_dir) / "u.npy")
+
+
+def bench_communities(docs: list[list[str]], work: Path, vectors: tuple[list[str], np.ndarray] | None) -> dict:
     paths, vocab_path = write_inputs(docs, work / "x1", 4)
     t0 = time.perf_counter()
     counts = sum_counts(partition_cooccurrence(p, vocab_path, {}) for p in paths)
     graph = build_graph(counts, vocab_path, str(work / "graph"), {})
     graph_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    comm = detect_communities(str(work / "graph"), str(work / "communities"), {})
+    comm = detect_communities(str(work / "graph"), str(work / "communities"), {}, vectors=vectors)
     stage_seconds = time.perf_counter() - t0
     m = comm["metrics"]
+    cosine = {k: m[k] for k in ("within_module_cosine", "between_module_cosine", "cosine_words") if k in m}
+    if vectors is not None:
+        knn = build_graph(None, vocab_path, str(work / "knn-graph"), {"source": "knn"}, vectors=vectors)
+        knn_comm = detect_communities(str(work / "knn-graph"), str(work / "knn-communities"), {}, vectors=vectors)["metrics"]
+        cosine["knn_graph"] = {
+            "graph": knn["metrics"],
+            **{k: knn_comm[k] for k in ("num_modules", "largest_module_share", "saving_percent", "within_module_cosine", "between_module_cosine")},
+            "largest_modules": knn_comm["top_modules"][:5],
+        }
     return {
         "graph_defaults": graph_params({}).model_dump(mode="json"),
         "communities_defaults": community_params({}).model_dump(mode="json"),
@@ -167,6 +182,7 @@ def bench_communities(docs: list[list[str]], work: Path) -> dict:
         "saving_percent": m["saving_percent"],
         "codelength_mapequation_diff": m["codelength_mapequation_diff"],
         "largest_modules": m["top_modules"],
+        "jose_cosine": cosine or None,
     }
 
 
@@ -184,6 +200,7 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each co-occurrence build (best is reported)")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--jose-dir", default=None, help="a JoSE stage output dir: adds module cosines and a kNN graph")
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="kexue-graph-bench-"))
 
@@ -196,7 +213,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "tokenise_seconds_untimed": time.perf_counter() - t0,
         "cooccurrence": bench_cooccurrence(docs, work, args.scale, args.partitions, args.repeats),
-        "communities": bench_communities(docs, work),
+        "communities": bench_communities(docs, work, load_vectors(args.jose_dir) if args.jose_dir else None),
         "lfr": bench_lfr(),
         "load_average_at_end": os.getloadavg(),
     }

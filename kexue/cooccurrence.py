@@ -253,13 +253,15 @@ def cooccurrence_edges(counts: sp.spmatrix, params: GraphParams) -> sp.csr_matri
 
 
 def knn_graph(vectors: np.ndarray, k: int, block: int = 2048) -> sp.csr_matrix:
-    """Symmetric k-nearest-neighbour graph by cosine of unit vectors (weights = cosine > 0).
+    """Symmetric k-nearest-neighbour graph by cosine (weights = cosine, positive ones only).
 
     Each word links to its k most similar other words; the union of both ends is kept (the
-    larger direction's cosine is the same number, so symmetrising is a max). Similarities are
-    computed a block of rows at a time, so memory is O(block × V), not O(V²).
+    cosine is the same number either way, so symmetrising is a max). Rows are normalised
+    here, so JoSE's unit vectors and any others work. Similarities are computed a block of
+    rows at a time, so memory is O(block × V), not O(V²).
     """
     x = np.asarray(vectors, dtype=np.float32)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float32).tiny)
     n = x.shape[0]
     if n < 2:
         raise ValueError("knn_graph needs at least two vectors")

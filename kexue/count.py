@@ -77,6 +77,11 @@ def is_punct(token: str) -> bool:
     return all(unicodedata.category(c)[0] in "PSZ" for c in token)
 
 
+def is_number(token: str) -> bool:
+    """Digits and numerals only (１９９８, 三, ½): counted, but rarely what a topic is about."""
+    return all(unicodedata.category(c)[0] == "N" for c in token)
+
+
 def vocabulary(total: pd.DataFrame) -> pd.DataFrame:
     """Ranked vocabulary with stop-word and punctuation flags (rank 0 = most frequent).
 
@@ -87,6 +92,7 @@ def vocabulary(total: pd.DataFrame) -> pd.DataFrame:
     v["rank"] = range(len(v))
     v["is_stopword"] = v["token"].isin(stop)
     v["is_punct"] = v["token"].map(is_punct).astype(bool)
+    v["is_number"] = v["token"].map(is_number).astype(bool)
     return v.astype({"rank": "int64"})
 
 
@@ -97,7 +103,7 @@ def vocabulary_metrics(v: pd.DataFrame) -> dict[str, Any]:
         "stopword_tokens": int(v.loc[v["is_stopword"], "count"].sum()),
         "punct_tokens": int(v.loc[v["is_punct"], "count"].sum()),
         "top_words": [
-            [t, int(c)] for t, c in v.loc[~v["is_stopword"] & ~v["is_punct"], ["token", "count"]].head(20).itertuples(index=False)
+            [t, int(c)] for t, c in v.loc[~v["is_stopword"] & ~v["is_punct"] & ~v["is_number"], ["token", "count"]].head(20).itertuples(index=False)
         ],
     }
 

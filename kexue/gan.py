@@ -133,15 +133,18 @@ def _distribution_scale(loss):
     return loss / replicas if replicas > 1 else loss
 
 
-def _loss_terms(loss: str, d_real, d_fake):
-    """Per-cascade (N,) discriminator and generator losses from (batch, N) scores."""
+def _d_loss_terms(loss: str, d_real, d_fake):
+    """Per-cascade (N,) discriminator losses from (batch, N) scores of real and fake images."""
     if loss == "hinge":
-        d = ops.mean(ops.relu(1.0 - d_real), axis=0) + ops.mean(ops.relu(1.0 + d_fake), axis=0)
-        g = -ops.mean(d_fake, axis=0)
-    else:  # non_saturating
-        d = ops.mean(ops.softplus(-d_real), axis=0) + ops.mean(ops.softplus(d_fake), axis=0)
-        g = ops.mean(ops.softplus(-d_fake), axis=0)
-    return d, g
+        return ops.mean(ops.relu(1.0 - d_real), axis=0) + ops.mean(ops.relu(1.0 + d_fake), axis=0)
+    return ops.mean(ops.softplus(-d_real), axis=0) + ops.mean(ops.softplus(d_fake), axis=0)
+
+
+def _g_loss_terms(loss: str, d_fake):
+    """Per-cascade (N,) generator losses from (batch, N) scores of fake images."""
+    if loss == "hinge":
+        return -ops.mean(d_fake, axis=0)
+    return ops.mean(ops.softplus(-d_fake), axis=0)
 
 
 class CascadeGAN(keras.Model):
@@ -207,7 +210,7 @@ class CascadeGAN(keras.Model):
             fake = self.generator(self._noise(batch), training=True)
             d_real = self.discriminator(real, training=True)
             d_fake = self.discriminator(fake, training=True)
-            d_k, _ = _loss_terms(self.loss_name, d_real, d_fake)
+            d_k = _d_loss_terms(self.loss_name, d_real, d_fake)
             d_loss = ops.sum(c * d_k)
         d_vars = self.discriminator.trainable_variables
         self.d_optimizer.apply(tape.gradient(_distribution_scale(d_loss), d_vars), d_vars)
@@ -215,7 +218,7 @@ class CascadeGAN(keras.Model):
         with tf.GradientTape() as tape:
             fake = self.generator(self._noise(batch), training=True)
             d_fake = self.discriminator(fake, training=True)
-            _, g_k = _loss_terms(self.loss_name, d_real, d_fake)
+            g_k = _g_loss_terms(self.loss_name, d_fake)
             g_loss = ops.sum(c * g_k)
         g_vars = self.generator.trainable_variables
         self.g_optimizer.apply(tape.gradient(_distribution_scale(g_loss), g_vars), g_vars)

@@ -190,14 +190,15 @@ def load_corpus(tokens_paths: list[str], vocab_path: str, min_count: int) -> Cor
 # ----------------------------------------------------------------------------- tuples (numpy)
 @dataclass
 class Block:
-    """``steps × batch`` training tuples for one compiled call (padding has ``valid`` = 0)."""
+    """``steps × batch`` training tuples for one compiled call (the tail may be padding)."""
 
     center: np.ndarray  # int32 [S, B]   rows of u
     context: np.ndarray  # int32 [S, B]  rows of v
     negatives: np.ndarray  # int32 [S, B, K] rows of u
     doc: np.ndarray  # int32 [S, B]      rows of d
-    doc_scale: np.ndarray  # float32 [S, B] 1 / (#pairs of the context position), 0 = padding
+    doc_scale: np.ndarray  # float32 [S, B] 1 / (#pairs of the context position)
     alpha: np.ndarray  # float32 [S]    learning rate of each step
+    valid: int  # tuples in the block; the rest of the S·B slots are padding
     tokens_done: int  # raw corpus tokens (all epochs) covered once this block is trained
 
 
@@ -304,6 +305,7 @@ class TupleSampler:
             doc=np.pad(doc, (0, pad)).reshape(s, b),
             doc_scale=np.pad(scale, (0, pad)).reshape(s, b),
             alpha=np.pad(alpha, (0, s - alpha.shape[0])).astype(np.float32),
+            valid=n,
             tokens_done=int(epoch * self.corpus.train_words + raw[-1] + 1),
         )
 
@@ -439,17 +441,17 @@ class JoseModel(tf.Module):
         for table in (self.u, self.v, self.d):
             table.assign(table * tf.math.rsqrt(tf.reduce_sum(table * table, axis=1, keepdims=True)))
 
-    def _block_loop(self, center, context, negatives, doc, doc_scale, alpha):
+    def _block_loop(self, center, context, negatives, doc, doc_scale, alpha, n_valid):
         """All steps of a block in one compiled while-loop; returns the block's total loss.
 
         Rows are renormalised every ``RENORM_EVERY`` steps and at the end: norms only grow
         (tangent steps), by at most a few per cent per hit, so this keeps them far from
         float32 overflow at a small fraction of the cost of a per-step renormalisation.
         """
-        steps = tf.shape(center)[0]
+        steps, batch = tf.shape(center)[0], tf.shape(center)[1]
 
         def body(i, total):
-            valid = tf.cast(doc_scale[i] > 0, tf.float32)
+            valid = tf.cast(i * batch + tf.range(batch) < n_valid, tf.float32)
             loss = self.step(center[i], context[i], negatives[i], doc[i], doc_scale[i], alpha[i], valid)
             tf.cond(i % RENORM_EVERY == RENORM_EVERY - 1, self._renormalise_op, tf.no_op)
             return i + 1, total + loss
@@ -464,7 +466,8 @@ class JoseModel(tf.Module):
 
     def train_block(self, block: Block) -> float:
         loss = self.strategy.run(self._train_block, args=(
-            block.center, block.context, block.negatives, block.doc, block.doc_scale, block.alpha))
+            block.center, block.context, block.negatives, block.doc, block.doc_scale, block.alpha,
+            tf.constant(block.valid, tf.int32)))
         return float(loss)
 
 
@@ -640,7 +643,7 @@ def evaluate(u: np.ndarray, words: list[str], d: np.ndarray, corpus: Corpus, tok
 
 def train_jose_stage(tokens_paths: list[str], vocab_path: str, out_dir: str, params: dict[str, Any] | None,
                      checkpoint_dir: str, warm_start_dir: str | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                     progress: Callable[[int, int], None] | None = None, evaluate_vectors: bool = True) -> dict[str, Any]:
     """The ``jose`` stage: train on the tokenise/count artifacts, write vectors, evaluate.
 
     Reads tokens partitions (doc_id, source, label, tokens) and the vocabulary Parquet
@@ -651,6 +654,8 @@ def train_jose_stage(tokens_paths: list[str], vocab_path: str, out_dir: str, par
     words.txt / contexts.txt / docs.txt (word2vec text: u, v, d), u.npy, v.npy, d.npy,
     vocab.parquet (token, count; row order of u/v), docs.parquet (doc_id, source, label;
     row order of d) and angles.png. Returns {"files": {name: path}, "metrics": {...}}.
+    ``evaluate_vectors=False`` skips the evaluation (and angles.png): the benchmark times
+    training alone and evaluates both implementations the same way afterwards.
     """
     from kexue.word2vec import write_word2vec
 
@@ -672,8 +677,10 @@ def train_jose_stage(tokens_paths: list[str], vocab_path: str, out_dir: str, par
         "doc_order": write_parquet_atomic(out / "docs.parquet", pd.DataFrame(
             {"doc_id": corpus.doc_ids, "source": corpus.sources, "label": corpus.labels})),
     }
-    metrics = evaluate(result.u, corpus.words, result.d, corpus, tokens_paths, config, out / "angles.png")
-    files["angles"] = out / "angles.png"
+    metrics: dict[str, Any] = {}
+    if evaluate_vectors:
+        metrics = evaluate(result.u, corpus.words, result.d, corpus, tokens_paths, config, out / "angles.png")
+        files["angles"] = out / "angles.png"
     metrics.update({
         "vocab_size": len(corpus.words), "documents": len(corpus.doc_ids), "corpus_tokens": corpus.train_words,
         "tokens_trained": result.tokens_trained, "epochs": config.epochs, "epochs_run": result.epochs_run,

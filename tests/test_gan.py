@@ -14,7 +14,7 @@ import tensorflow as tf
 from PIL import Image
 
 from kexue.cascading import CascadingRejection, cascade
-from kexue.gan import CascadeGAN, build_gan, make_discriminator, train_gan
+from kexue.gan import CascadeGAN, _d_loss_terms, _g_loss_terms, build_gan, make_discriminator, train_gan
 from kexue.images import load_images, write_images
 
 # --------------------------------------------------------------------------- cascading rejection
@@ -200,11 +200,29 @@ def test_train_step_runs_under_a_distribution_strategy(tiny_images):
     x = np.load(tiny_images)[:64]
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     with strategy.scope():
-        gan = build_gan((8, 8, 1), {**TINY, "loss": "non_saturating"}, steps_per_execution=2)
+        gan = build_gan((8, 8, 1), {**TINY, "loss": "non_saturating", "cascade_weights": [3, 1]},
+                        steps_per_execution=2)
     assert isinstance(gan, CascadeGAN)
-    history = gan.fit(tf.data.Dataset.from_tensor_slices(x).batch(32), epochs=1, shuffle=False, verbose=0)
+    logs = gan.fit(tf.data.Dataset.from_tensor_slices(x).batch(32), epochs=1, shuffle=False, verbose=0).history
     assert int(gan.step.numpy()) == 2
-    assert np.isfinite(history.history["g_loss_2"][-1])
+    # the reported losses are the weighted averages of the per-cascade ones (weights 3:1)
+    for p in ("d", "g"):
+        np.testing.assert_allclose(logs[f"{p}_loss"][-1],
+                                   0.75 * logs[f"{p}_loss_1"][-1] + 0.25 * logs[f"{p}_loss_2"][-1], rtol=1e-5)
+    # non-saturating D loss per cascade is softplus(-D(x)) + softplus(D(G(z))) > 0
+    assert logs["d_loss_1"][-1] > 0 and logs["d_loss_2"][-1] > 0
+
+
+def test_loss_terms_match_their_formulas():
+    d_real = np.array([[2.0, -0.5], [0.5, 0.0]], np.float32)
+    d_fake = np.array([[-2.0, 0.5], [0.0, 1.0]], np.float32)
+    hinge_d = np.maximum(0, 1 - d_real).mean(0) + np.maximum(0, 1 + d_fake).mean(0)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(_d_loss_terms("hinge", d_real, d_fake)), hinge_d, rtol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(_g_loss_terms("hinge", d_fake)), -d_fake.mean(0), rtol=1e-6)
+    ns_d = np.logaddexp(0, -d_real).mean(0) + np.logaddexp(0, d_fake).mean(0)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(_d_loss_terms("non_saturating", d_real, d_fake)), ns_d, rtol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(_g_loss_terms("non_saturating", d_fake)),
+                               np.logaddexp(0, -d_fake).mean(0), rtol=1e-5)
 
 
 # --------------------------------------------------------------------------- image sources

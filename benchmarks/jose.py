@@ -1,0 +1,182 @@
+"""Benchmark: our JoSE stage against the reference C implementation, same corpus and settings.
+
+    python benchmarks/jose.py --reference-src /path/to/Spherical-Text-Embedding/src [--k 1] [--epochs 5]
+
+Builds the corpus from the built-in data (People's Daily + reviews, segmented with rjieba,
+whitespace tokens dropped) as a tokens partition + vocabulary Parquet, and as one document
+per line, space-separated, for the reference. Copies ``jose.c`` + ``makefile`` from
+``--reference-src`` into a temporary folder and builds it with ``make`` (the reference code is
+never copied into the repository). Runs each implementation as a child process (2 threads,
+identical hyper-parameters), measuring wall seconds and the child's peak RSS
+(``getrusage(RUSAGE_CHILDREN).ru_maxrss`` of a fresh launcher per run), then evaluates both
+outputs identically (kexue.embedding_eval) and prints one JSON object. ``--k`` replicates
+every document k times (new doc ids) to see how time and memory grow.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+LAUNCHER = (
+    "import resource, subprocess, sys, time, json\n"
+    "t = time.perf_counter(); rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
+    "print(json.dumps({'rc': rc, 'wall_seconds': time.perf_counter() - t,\n"
+    "  'peak_rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))\n"
+)
+
+
+def build_corpus(work: Path, k: int) -> dict:
+    """Tokens Parquet + vocabulary Parquet + reference text file for the built-in corpus × k."""
+    import rjieba
+
+    from kexue.corpora import peoples_daily, reviews, stopwords
+
+    rows = []
+    for name, records in (("builtin:peoples-daily-1998", peoples_daily()), ("builtin:reviews", reviews())):
+        for i, rec in enumerate(records):
+            tokens = [t for t in rjieba.cut(rec.text) if t.strip()]
+            for rep in range(k):
+                rows.append((f"{name}:{i}:{rep}", name, rec.label, tokens))
+    df = pd.DataFrame(rows, columns=["doc_id", "source", "label", "tokens"])
+    df.to_parquet(work / "tokens-00000.parquet", index=False)
+    counts, doc_freq = Counter(), Counter()
+    with open(work / "text.txt", "w", encoding="utf-8") as f:
+        for tokens in df["tokens"]:
+            counts.update(tokens)
+            doc_freq.update(set(tokens))
+            f.write(" ".join(tokens) + "\n")
+    stop = stopwords()
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    pd.DataFrame({
+        "token": [w for w, _ in items], "count": [c for _, c in items], "doc_freq": [doc_freq[w] for w, _ in items],
+        "rank": np.arange(len(items)), "is_stopword": [w in stop for w, _ in items],
+        "is_punct": [not any(ch.isalnum() for ch in w) for w, _ in items],
+    }).to_parquet(work / "vocab.parquet", index=False)
+    return {"documents": len(df), "tokens": int(sum(counts.values())), "distinct_tokens": len(counts)}
+
+
+def measured(cmd: list[str], env: dict | None = None) -> dict:
+    """Run ``cmd`` under a fresh launcher; wall time and the child's peak RSS."""
+    out = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], capture_output=True, text=True, env=env, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if result["rc"] != 0:
+        raise RuntimeError(f"{cmd[0]} exited with {result['rc']}")
+    return result
+
+
+def run_ours(work: Path, params: dict) -> None:
+    """Child-process entry: our stage, training + writing vectors (evaluation done outside)."""
+    from kexue.jose import train_jose_stage
+
+    result = train_jose_stage([str(work / "tokens-00000.parquet")], str(work / "vocab.parquet"), str(work / "ours"),
+                              params, str(work / "ours-checkpoints"), evaluate_vectors=False)
+    (work / "ours-metrics.json").write_text(json.dumps(result["metrics"]), encoding="utf-8")
+
+
+def evaluate_outputs(words: list[str], u: np.ndarray, d: np.ndarray, work: Path, probes: list[str], seed: int) -> dict:
+    from kexue.embedding_eval import angle_statistics, document_classification, nearest_neighbours
+
+    docs = pd.read_parquet(work / "tokens-00000.parquet")
+    labelled = np.flatnonzero(docs["label"].notna().to_numpy() & (docs["source"] == "builtin:reviews").to_numpy())
+    texts = [" ".join(t) for t in docs["tokens"].iloc[labelled]]
+    stats, _ = angle_statistics(u, seed=seed)
+    out = {"angles": stats, "neighbours": nearest_neighbours(u, words, probes)}
+    out.update(document_classification(d[labelled], texts, docs["label"].iloc[labelled].tolist(), seed=seed))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference-src", required=False, help="folder with the reference jose.c and makefile")
+    parser.add_argument("--k", type=int, default=1, help="replicate the corpus k times")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workdir", default=None, help="keep the work files here (default: a temp dir)")
+    parser.add_argument("--params", default="{}", help="extra JSON params for our stage (e.g. batch_size)")
+    parser.add_argument("--run-ours", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run_ours:
+        run_ours(Path(args.run_ours), json.loads(args.params))
+        return
+
+    from kexue.word2vec import read_word2vec
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="jose-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    hp = {"dim": 100, "window": 5, "negative": 2, "margin": 0.15, "alpha": 0.04, "min_count": 5, "sample": 1e-3}
+    params = {**hp, "epochs": args.epochs, "threads": args.threads, "seed": 0, **json.loads(args.params)}
+    report: dict = {"k": args.k, "params": params, "load_average_before": os.getloadavg()}
+    t = time.perf_counter()
+    report["corpus"] = build_corpus(work, args.k)
+    report["corpus"]["build_seconds"] = round(time.perf_counter() - t, 2)
+    probes = ["中国", "经济", "北京", "足球", "银行", "教育"]
+
+    if args.reference_src:
+        build = work / "reference-build"
+        build.mkdir(exist_ok=True)
+        for name in ("jose.c", "makefile"):
+            shutil.copy(Path(args.reference_src) / name, build / name)
+        subprocess.run(["make", "-C", str(build)], check=True, capture_output=True)
+        ref_cmd = [str(build / "jose"), "-train", str(work / "text.txt"), "-word-output", str(work / "ref-u.txt"),
+                   "-context-output", str(work / "ref-v.txt"), "-doc-output", str(work / "ref-d.txt"),
+                   "-size", str(hp["dim"]), "-window", str(hp["window"]), "-negative", str(hp["negative"]),
+                   "-margin", str(hp["margin"]), "-alpha", str(hp["alpha"]), "-min-count", str(hp["min_count"]),
+                   "-sample", str(hp["sample"]), "-iter", str(args.epochs), "-threads", str(args.threads), "-debug", "0"]
+        ref = measured(ref_cmd)
+        words, u = read_word2vec(work / "ref-u.txt")
+        _, d = read_word2vec(work / "ref-d.txt")
+        keep = [i for i, w in enumerate(words) if w != "</s>"]  # the reference's line-end token
+        ref["tokens_per_second"] = round(args.epochs * report["corpus"]["tokens"] / ref["wall_seconds"], 1)
+        ref.update(evaluate_outputs([words[i] for i in keep], u[keep], d, work, probes, seed=0))
+        report["reference"] = ref
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    ours = measured([sys.executable, __file__, "--run-ours", str(work), "--params", json.dumps(params)], env=env)
+    ours_metrics = json.loads((work / "ours-metrics.json").read_text(encoding="utf-8"))
+    ours["training_seconds"] = ours_metrics["seconds"]
+    ours["tokens_per_second"] = round(args.epochs * report["corpus"]["tokens"] / ours["wall_seconds"], 1)
+    words, u = read_word2vec(work / "ours" / "words.txt")
+    _, d = read_word2vec(work / "ours" / "docs.txt")
+    ours.update(evaluate_outputs(words, u, d, work, probes, seed=0))
+    report["ours"] = ours
+
+    if "reference" in report:
+        ref = report["reference"]
+        report["comparison"] = {
+            "speed_ratio_reference_over_ours": round(ref["wall_seconds"] / ours["wall_seconds"], 3),
+            "doc_accuracy": {"reference": ref["doc_accuracy"], "ours": ours["doc_accuracy"]},
+            "tfidf_accuracy": ours["tfidf_accuracy"],
+            "mean_cosine": {"reference": ref["angles"]["mean_cosine"], "ours": ours["angles"]["mean_cosine"]},
+            "angle_mean": {"reference": ref["angles"]["angle_mean"], "ours": ours["angles"]["angle_mean"],
+                           "theory": ours["angles"]["theory_angle_mean"]},
+            "angle_var": {"reference": ref["angles"]["angle_var"], "ours": ours["angles"]["angle_var"],
+                          "theory": ours["angles"]["theory_angle_var"]},
+            "peak_rss_mb": {"reference": ref["peak_rss_mb"], "ours": ours["peak_rss_mb"],
+                            "ratio_ours_over_reference": round(ours["peak_rss_mb"] / ref["peak_rss_mb"], 3)},
+        }
+        c = report["comparison"]
+        report["goals_met"] = {
+            "speed_ratio>=1.0": c["speed_ratio_reference_over_ours"] >= 1.0,
+            "doc_accuracy>=reference": ours["doc_accuracy"] >= ref["doc_accuracy"],
+            "mean_cosine<=reference": ours["angles"]["mean_cosine"] <= ref["angles"]["mean_cosine"],
+            "peak_memory<=1.5x": c["peak_rss_mb"]["ratio_ours_over_reference"] <= 1.5,
+        }
+    report["load_average_after"] = os.getloadavg()
+    print(json.dumps(report, ensure_ascii=False, indent=1))
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
