@@ -5,6 +5,8 @@ before Prefect is imported, because Prefect reads its settings at import time.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -46,16 +48,15 @@ def run(
     run_id = new_run_id()
     console.print(f"kexue run [bold]{run_id}[/bold]  profile={cfg.profile_name}  artifacts={cfg.data_dir}")
     wanted = [s.strip() for s in stages.split(",")] if stages else None
+    api = cfg.profile.prefect
+    if api.api == "url" and api.api_url:
+        os.environ["PREFECT_API_URL"] = api.api_url
+    # "environment" uses PREFECT_API_URL when set; without one, embed an API rather than let
+    # every Dask worker start its own temporary server.
+    embed = api.api == "embedded" or (api.api == "environment" and not os.environ.get("PREFECT_API_URL"))
     try:
-        if cfg.profile.prefect.api == "embedded":
-            with runtime.embedded_api(cfg.profile.prefect.startup_timeout) as url:
-                console.print(f"Prefect API (embedded): {url}")
-                summary = pipeline(config, profile, overrides, wanted, run_id)
-        else:
-            if cfg.profile.prefect.api == "url" and cfg.profile.prefect.api_url:
-                import os
-
-                os.environ["PREFECT_API_URL"] = cfg.profile.prefect.api_url
+        with runtime.embedded_api(api.startup_timeout) if embed else contextlib.nullcontext(os.environ["PREFECT_API_URL"]) as url:
+            console.print(f"Prefect API{' (embedded)' if embed else ''}: {url}")
             summary = pipeline(config, profile, overrides, wanted, run_id)
     except ConfigError as e:
         console.print(f"[red]config error[/red]\n{e}")
@@ -113,7 +114,6 @@ def deploy(
     pool: str = typer.Option("kexue-pool", "--pool", help="the process work pool the deployments use"),
 ) -> None:
     """Register the deployments of prefect.yaml (nightly, adhoc) with the Prefect API in PREFECT_API_URL."""
-    import os
     import subprocess
 
     if not os.environ.get("PREFECT_API_URL"):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -64,6 +64,12 @@ class PrefectSpec(StrictModel):
     api_url: str | None = None
     logging_level: str = "WARNING"
     startup_timeout: int = Field(120, ge=10)
+
+    @model_validator(mode="after")
+    def _url_needs_address(self):
+        if self.api == "url" and not self.api_url:
+            raise ValueError("api: url needs api_url (e.g. http://127.0.0.1:4200/api)")
+        return self
 
 
 class ProfileSpec(StrictModel):

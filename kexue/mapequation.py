@@ -32,8 +32,6 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-FLOW_MODELS = ("undirected", "directed")
-
 
 @dataclass(frozen=True)
 class Flow:
