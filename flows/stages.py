@@ -15,6 +15,7 @@ from prefect.futures import PrefectFuture, as_completed
 from kexue.artifacts import Manifest
 from kexue.tokenize import prf
 from tasks.caching import Store
+from tasks.graph import communities_task, cooccurrence_merge_task, cooccurrence_partition_task, graph_build_task
 from tasks.text import (
     count_partition_task,
     ingest_task,
@@ -86,17 +87,63 @@ def run_tokenize(ctx: StageContext, params: dict, upstream: dict[str, Manifest])
 def run_count(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
     (tokens,) = upstream.values()
     partials = list(count_partition_task.map(store=unmapped(ctx.store), tokens=tokens.partitions, batch_docs=unmapped(params["batch_docs"])))
-    futures: list[PrefectFuture] = list(partials)
-    level = partials
-    fanin = params["merge_fanin"]
-    while len(level) > 1:  # tree merge on the cluster: no task ever holds every partial
-        level = [merge_counts_task.submit(ctx.store, level[i:i + fanin]) if len(level[i:i + fanin]) > 1 else level[i]
-                 for i in range(0, len(level), fanin)]
-        futures += [f for f in level if f not in futures]
-    vocab = vocabulary_task.submit(ctx.store, level[0])
-    futures.append(vocab)
+    # tree merge on the cluster: no task ever holds every partial
+    total, merges = tree_reduce(ctx, merge_counts_task, partials, params["merge_fanin"])
+    vocab = vocabulary_task.submit(ctx.store, total)
+    futures = partials + merges + [vocab]
     wait(ctx, futures, f"count {len(partials)} partitions")
     return StageOutcome(vocab.result(), all_cached(futures))
+
+
+def upstream_of(upstream: dict[str, Manifest], kind: str, required: bool = True) -> Manifest | None:
+    """The input manifest produced by a stage of task ``kind`` (stage names are the user's)."""
+    found = [m for m in upstream.values() if m.stage == kind]
+    if not found and required:
+        raise ValueError(f"this stage needs an input from a {kind!r} stage; add one to its inputs in pipeline.yaml")
+    return found[0] if found else None
+
+
+def tree_reduce(ctx: StageContext, task, leaves: list[PrefectFuture], fanin: int = 2) -> tuple[PrefectFuture, list[PrefectFuture]]:
+    """Merge futures pairwise (or ``fanin``-wise) on the cluster; return the root and the merge futures."""
+    level, merges = list(leaves), []
+    while len(level) > 1:
+        nxt = []
+        for i in range(0, len(level), fanin):
+            group = level[i:i + fanin]
+            if len(group) == 1:
+                nxt.append(group[0])
+            else:
+                nxt.append(task.submit(ctx.store, group))
+                merges.append(nxt[-1])
+        level = nxt
+    return level[0], merges
+
+
+def run_graph(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
+    vocab = upstream_of(upstream, "count").files["vocabulary"]
+    jose = upstream_of(upstream, "jose", required=params["source"] == "knn")
+    futures: list[PrefectFuture] = []
+    total = None
+    if params["source"] == "cooccurrence":
+        tokens = upstream_of(upstream, "tokenize")
+        parts = list(cooccurrence_partition_task.map(store=unmapped(ctx.store), tokens=tokens.partitions,
+                                                     vocabulary=unmapped(vocab), params=unmapped(params)))
+        total, merges = tree_reduce(ctx, cooccurrence_merge_task, parts)
+        futures += parts + merges
+    build = graph_build_task.submit(ctx.store, total, vocab, params, jose)
+    futures.append(build)
+    wait(ctx, futures, f"graph ({len(futures)} tasks)")
+    return StageOutcome(build.result(), all_cached(futures))
+
+
+def run_communities(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
+    graph = upstream_of(upstream, "graph")
+    jose = upstream_of(upstream, "jose", required=False)
+    fut = communities_task.submit(ctx.store, graph, params, jose)
+    (manifest,) = wait(ctx, [fut], "communities (infomap)")
+    rows = [{"module": i + 1, "size": size, "flow": round(flow, 5), "top words": " ".join(words)}
+            for i, (size, flow, words) in enumerate(manifest.metrics.get("top_modules", []))]
+    return StageOutcome(manifest, all_cached([fut]), {"top-modules": (rows, "largest InfoMap modules with their top words by flow")})
 
 
 Runner = Callable[[StageContext, dict, dict[str, Manifest]], StageOutcome]
@@ -105,6 +152,8 @@ RUNNERS: dict[str, Runner] = {
     "ingest": run_ingest,
     "tokenize": run_tokenize,
     "count": run_count,
+    "graph": run_graph,
+    "communities": run_communities,
 }
 
 

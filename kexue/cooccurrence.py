@@ -47,6 +47,7 @@ class GraphParams(BaseModel):
     max_vocab: int | None = Field(None, ge=2)  # keep only the most frequent words
     exclude_stopwords: bool = True
     exclude_punct: bool = True
+    exclude_numbers: bool = True  # jieba splits full-width numbers into single digits: a "module" of digits
     weighting: Weighting = "ppmi"
     alpha: float = Field(0.75, gt=0, le=1)  # context-distribution smoothing of PPMI
     min_edge_count: int = Field(2, ge=1)  # drop word pairs seen fewer times
@@ -67,13 +68,15 @@ def select_vocabulary(vocab_path: str, params: GraphParams) -> pd.DataFrame:
     Node id = row position in the returned frame (columns ``token``, ``count``). Every worker
     calls this on the same file, so all partial count matrices share one index.
     """
-    vocab = pd.read_parquet(vocab_path, columns=["token", "count", "rank", "is_stopword", "is_punct"])
+    vocab = pd.read_parquet(vocab_path, columns=["token", "count", "rank", "is_stopword", "is_punct", "is_number"])
     vocab = vocab.sort_values("rank", kind="stable")
     keep = vocab["count"] >= params.min_count
     if params.exclude_stopwords:
         keep &= ~vocab["is_stopword"].astype(bool)
     if params.exclude_punct:
         keep &= ~vocab["is_punct"].astype(bool)
+    if params.exclude_numbers:
+        keep &= ~vocab["is_number"].astype(bool)
     selected = vocab.loc[keep, ["token", "count"]]
     if params.max_vocab is not None:
         selected = selected.head(params.max_vocab)

@@ -58,9 +58,10 @@ DEFAULT_PROBE_WORDS = ("中国", "经济", "北京", "足球", "银行", "教育
 class JoseConfig:
     """Hyper-parameters; defaults are the reference's except ``epochs`` (see ``epochs``).
 
-    ``epochs`` defaults to 5: on the ~2.7 M-token built-in corpus the document accuracy and
-    neighbour lists no longer improve after 5 passes (measured in the benchmark), and the
-    reference's 10 passes were tuned for far larger corpora... see the project report.
+    ``epochs`` defaults to 5 rather than the reference's 10: on the ~2.6 M-token built-in
+    corpus 5 passes already give document vectors above the reference's (5-fold accuracy
+    0.86 vs 0.81 in the benchmark; 1 pass gives 0.73) and word vectors as isotropic, at half
+    the cost of 10 passes; larger corpora can raise it in ``pipeline.yaml``.
     """
 
     dim: int = 100
@@ -74,7 +75,7 @@ class JoseConfig:
     seed: int = 0
     threads: int = 2
     batch_size: int = 4096
-    steps_per_block: int = 256
+    steps_per_block: int = 64
     probe_words: tuple[str, ...] = DEFAULT_PROBE_WORDS
     label_source: str | None = "reviews"
     strategy: str = "default"
@@ -169,17 +170,17 @@ def load_corpus(tokens_paths: list[str], vocab_path: str, min_count: int) -> Cor
     sources: list[str] = []
     labels: list[str | None] = []
     for path in tokens_paths:
-        table = pq.read_table(path, columns=["doc_id", "source", "label", "tokens"])
-        tokens = table.column("tokens").combine_chunks()
-        lengths = np.diff(tokens.offsets.to_numpy())
-        rows = pc.fill_null(pc.index_in(tokens.flatten(), value_set=word_set), -1).to_numpy()
-        doc_rows = np.repeat(np.arange(len(doc_ids), len(doc_ids) + len(lengths), dtype=np.int32), lengths)
-        keep = rows >= 0
-        ids_parts.append(rows[keep].astype(np.int32))
-        doc_parts.append(doc_rows[keep])
-        doc_ids += table.column("doc_id").to_pylist()
-        sources += table.column("source").to_pylist()
-        labels += table.column("label").to_pylist()
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=8192, columns=["doc_id", "source", "label", "tokens"]):
+            tokens = batch.column("tokens")
+            lengths = pc.fill_null(pc.list_value_length(tokens), 0).to_numpy()
+            rows = pc.fill_null(pc.index_in(tokens.flatten(), value_set=word_set), -1).to_numpy()
+            doc_rows = np.repeat(np.arange(len(doc_ids), len(doc_ids) + len(lengths), dtype=np.int32), lengths)
+            keep = rows >= 0
+            ids_parts.append(rows[keep].astype(np.int32))
+            doc_parts.append(doc_rows[keep])
+            doc_ids += batch.column("doc_id").to_pylist()
+            sources += batch.column("source").to_pylist()
+            labels += batch.column("label").to_pylist()
     return Corpus(
         words=words, counts=vocab["count"].to_numpy(np.int64), doc_ids=doc_ids, sources=sources, labels=labels,
         ids=np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int32),
@@ -215,7 +216,7 @@ class TupleSampler:
     all epochs' raw tokens, floored at alpha·1e-4 (reference).
     """
 
-    def __init__(self, corpus: Corpus, config: JoseConfig, chunk_tokens: int = 1 << 19):
+    def __init__(self, corpus: Corpus, config: JoseConfig, chunk_tokens: int = 1 << 16):
         self.corpus = corpus
         self.config = config
         self.chunk_tokens = chunk_tokens
@@ -249,23 +250,25 @@ class TupleSampler:
         """(center, context, doc, doc_scale, negatives, raw_position) arrays, chunk by chunk."""
         cfg = self.config
         rng = np.random.default_rng([cfg.seed, epoch])
-        offsets = np.concatenate([np.arange(-cfg.window, 0), np.arange(1, cfg.window + 1)])
+        offsets = np.concatenate([np.arange(-cfg.window, 0), np.arange(1, cfg.window + 1)]).astype(np.int32)
         for start, end in self._chunk_bounds():
             ids = self.corpus.ids[start:end]
             docs = self.corpus.doc[start:end]
             kept = np.flatnonzero(rng.random(end - start) < self.keep_probability[ids])
             k_ids, k_doc = ids[kept], docs[kept]
             m = kept.shape[0]
-            span = cfg.window - rng.integers(0, cfg.window, size=m)  # reference: b = rand % window
-            neighbour = np.arange(m)[:, None] + offsets[None, :]
+            span = cfg.window - rng.integers(0, cfg.window, size=m, dtype=np.int32)  # reference: b = rand % window
+            neighbour = np.arange(m, dtype=np.int32)[:, None] + offsets[None, :]
             inside = (neighbour >= 0) & (neighbour < m) & (np.abs(offsets)[None, :] <= span[:, None])
             neighbour = np.clip(neighbour, 0, max(m - 1, 0))
             inside &= k_doc[neighbour] == k_doc[:, None]
             position, slot = np.nonzero(inside)  # position-major, like the reference's loop
-            per_position = inside.sum(axis=1)
+            per_position = inside.sum(axis=1, dtype=np.int32)
             center = k_ids[neighbour[position, slot]]
+            del neighbour, inside
             context = k_ids[position]
-            negatives = self.negative_table[rng.integers(0, self.negative_table.shape[0], (position.shape[0], cfg.negative))]
+            negatives = self.negative_table[
+                rng.integers(0, self.negative_table.shape[0], (position.shape[0], cfg.negative), dtype=np.int32)]
             yield (
                 center, context, k_doc[position], (1.0 / per_position[position]).astype(np.float32),
                 negatives, (start + kept[position]).astype(np.int64),
@@ -575,6 +578,7 @@ def train_jose(corpus: Corpus, config: JoseConfig, checkpoint_dir: str | os.Path
         first_epoch, arrays = restored
         u, v, d = arrays["u"], arrays["v"], arrays["d"]
     model = JoseModel(u, v, d, config, strategy)
+    del u, v, d  # the variables hold them now
     sampler = TupleSampler(corpus, config)
     total_tokens = config.epochs * corpus.train_words
     losses = []
@@ -585,8 +589,7 @@ def train_jose(corpus: Corpus, config: JoseConfig, checkpoint_dir: str | os.Path
             if progress is not None:
                 progress(block.tokens_done, total_tokens)
         losses.append(epoch_loss)
-        u, v, d = model.vectors()
-        checkpoints.save(epoch + 1, fingerprint, config, u, v, d, (epoch + 1) * corpus.train_words)
+        checkpoints.save(epoch + 1, fingerprint, config, *model.vectors(), (epoch + 1) * corpus.train_words)
     u, v, d = model.vectors()
     return TrainResult(
         u=u, v=v, d=d, epochs_run=config.epochs - first_epoch, resumed_from_epoch=first_epoch,

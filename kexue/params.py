@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from kexue.config import Config, ConfigError, ParamValidator, load_config, validator_for
+from kexue.communities import CommunityParams
+from kexue.cooccurrence import GraphParams
 from kexue.count import CountParams
 from kexue.ingest import IngestParams
 from kexue.sources import SourceSpec
@@ -17,6 +19,8 @@ VALIDATORS: dict[str, ParamValidator] = {
     "ingest": validator_for(IngestParams),
     "tokenize": validator_for(TokenizeParams),
     "count": validator_for(CountParams),
+    "graph": validator_for(GraphParams),
+    "communities": validator_for(CommunityParams),
 }
 
 

@@ -51,6 +51,7 @@ def write_corpus(tmp: Path, partitions: list[list[list[str]]]) -> tuple[list[str
     vocab["rank"] = np.arange(len(vocab))
     vocab["is_stopword"] = vocab["token"].isin(STOP)
     vocab["is_punct"] = vocab["token"].isin(PUNCT)
+    vocab["is_number"] = False
     vocab_path = tmp / "vocab.parquet"
     vocab.to_parquet(vocab_path, index=False)
     return paths, str(vocab_path)

@@ -1,0 +1,59 @@
+"""Prefect tasks for the word graph: co-occurrence per partition, tree sum, build, InfoMap."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from kexue import communities as kcom
+from kexue import cooccurrence as kcooc
+from kexue.artifacts import FileRef, Manifest, save_content_addressed, sha256_text, stable_json
+from tasks.caching import Store, kexue_task
+
+
+def _save_matrix(store: Store, m: sp.spmatrix) -> FileRef:
+    return save_content_addressed(store.stage_dir("graph") / "counts", ".npz",
+                                  lambda t: sp.save_npz(t, sp.csr_matrix(m), compressed=True))
+
+
+@kexue_task("cooccurrence-partition", code=("kexue.cooccurrence",))
+def cooccurrence_partition_task(store: Store, tokens: FileRef, vocabulary: FileRef, params: dict[str, Any]) -> FileRef:
+    """Windowed counts of one tokens partition (upper triangle, sparse) — one Dask task each."""
+    return _save_matrix(store, kcooc.partition_cooccurrence(tokens.path, vocabulary.path, params))
+
+
+@kexue_task("cooccurrence-merge", code=("kexue.cooccurrence",))
+def cooccurrence_merge_task(store: Store, parts: list[FileRef]) -> FileRef:
+    return _save_matrix(store, kcooc.sum_counts(sp.load_npz(p.path) for p in parts))
+
+
+def load_vectors(jose: Manifest | None) -> tuple[list[str], np.ndarray] | None:
+    """(words, unit vectors) from a JoSE manifest: the word order Parquet and u.npy."""
+    if jose is None:
+        return None
+    words = pd.read_parquet(jose.files["vocab"].path)["token"].tolist()
+    return words, np.load(jose.files["u"].path)
+
+
+def _manifest(stage: str, result: dict[str, Any]) -> Manifest:
+    return Manifest(stage=stage, files={k: FileRef.of(v) for k, v in result["files"].items()}, metrics=result["metrics"])
+
+
+@kexue_task("graph-build", code=("kexue.cooccurrence", "kexue.graph_io"))
+def graph_build_task(store: Store, counts: FileRef | None, vocabulary: FileRef, params: dict[str, Any],
+                     jose: Manifest | None = None) -> Manifest:
+    key = sha256_text(counts.sha256 if counts else "knn", vocabulary.sha256, stable_json(params),
+                      jose.fingerprint() if jose else "")
+    out = store.stage_dir("graph", key)
+    matrix = sp.load_npz(counts.path) if counts else None
+    return _manifest("graph", kcooc.build_graph(matrix, vocabulary.path, str(out), params, load_vectors(jose)))
+
+
+@kexue_task("communities", code=("kexue.communities", "kexue.mapequation"))
+def communities_task(store: Store, graph: Manifest, params: dict[str, Any], jose: Manifest | None = None) -> Manifest:
+    out = store.stage_dir("communities", sha256_text(graph.fingerprint(), stable_json(params), jose.fingerprint() if jose else ""))
+    graph_dir = str(Path(graph.files["pajek"].path).parent)
+    return _manifest("communities", kcom.detect_communities(graph_dir, str(out), params, load_vectors(jose)))
