@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
+
 import typer
 from rich.console import Console
 

@@ -15,6 +15,8 @@ from prefect.futures import PrefectFuture, as_completed
 from kexue.artifacts import Manifest
 from kexue.tokenize import prf
 from tasks.caching import Store
+from tasks.jose import jose_task
+from tasks.jose import previous_output as previous_jose_output
 from tasks.graph import communities_task, cooccurrence_merge_task, cooccurrence_partition_task, graph_build_task
 from tasks.text import (
     count_partition_task,
@@ -146,12 +148,22 @@ def run_communities(ctx: StageContext, params: dict, upstream: dict[str, Manifes
     return StageOutcome(manifest, all_cached([fut]), {"top-modules": (rows, "largest InfoMap modules with their top words by flow")})
 
 
+def run_jose(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
+    tokens = upstream_of(upstream, "tokenize")
+    vocab = upstream_of(upstream, "count").files["vocabulary"]
+    warm = previous_jose_output(ctx.store) if params.get("warm_start") else None
+    fut = jose_task.submit(ctx.store, tokens, vocab, params, warm)
+    (manifest,) = wait(ctx, [fut], "jose")
+    return StageOutcome(manifest, all_cached([fut]))
+
+
 Runner = Callable[[StageContext, dict, dict[str, Manifest]], StageOutcome]
 
 RUNNERS: dict[str, Runner] = {
     "ingest": run_ingest,
     "tokenize": run_tokenize,
     "count": run_count,
+    "jose": run_jose,
     "graph": run_graph,
     "communities": run_communities,
 }

@@ -663,7 +663,6 @@ def train_jose_stage(tokens_paths: list[str], vocab_path: str, out_dir: str, par
     from kexue.word2vec import write_word2vec
 
     config = JoseConfig.from_params(params)
-    configure_threads(config.threads)
     corpus = load_corpus(tokens_paths, vocab_path, config.min_count)
     warm = _read_warm_start(warm_start_dir) if warm_start_dir else None
     result = train_jose(corpus, config, checkpoint_dir, warm_start=warm, progress=progress)

@@ -5,20 +5,40 @@ parameter — before anything starts, by the CLI, the flow and the tests alike.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
-from kexue.config import Config, ConfigError, ParamValidator, load_config, validator_for
+from kexue.config import Config, ConfigError, ParamValidator, did_you_mean, load_config, validator_for
 from kexue.communities import CommunityParams
 from kexue.cooccurrence import GraphParams
 from kexue.count import CountParams
 from kexue.ingest import IngestParams
+from kexue.jose import JoseConfig
 from kexue.sources import SourceSpec
 from kexue.tokenize import TokenizeParams
+
+JOSE_FIELDS = [f.name for f in dataclasses.fields(JoseConfig)]
+
+
+def validate_jose(params: dict[str, Any]) -> dict[str, Any]:
+    """JoseConfig fields plus the stage's own ``warm_start`` switch, defaults filled in."""
+    params = dict(params)
+    warm_start = params.pop("warm_start", False)
+    if not isinstance(warm_start, bool):
+        raise ValueError(f"warm_start: expected true or false, got {warm_start!r}")
+    unknown = [k for k in params if k not in JOSE_FIELDS]
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unknown key" + did_you_mean(unknown[0], [*JOSE_FIELDS, "warm_start"]))
+    config = dataclasses.asdict(JoseConfig.from_params(params))
+    return {**config, "probe_words": list(config["probe_words"]), "warm_start": warm_start}
+
 
 VALIDATORS: dict[str, ParamValidator] = {
     "ingest": validator_for(IngestParams),
     "tokenize": validator_for(TokenizeParams),
     "count": validator_for(CountParams),
+    "jose": validate_jose,
     "graph": validator_for(GraphParams),
     "communities": validator_for(CommunityParams),
 }
