@@ -20,7 +20,6 @@ from typing import Any
 import dask
 from prefect import flow, get_run_logger
 from prefect.context import get_run_context
-from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
 
 from flows import publish, runtime
 from flows.stages import RUNNERS, StageContext, summarize_files
@@ -103,7 +102,8 @@ def stages(config: str, profile: str, overrides: list[str], selected: list[str],
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         transient=True, disable=not os.isatty(1)
     ) as progress:
-        sctx = StageContext(store=store, progress=progress, resources=cfg.profile.dask.resources)
+        sctx = StageContext(store=store, progress=progress, resources=cfg.profile.dask.resources,
+                            result_storage=runtime.result_storage(cfg.data_dir / "prefect" / "results"))
         for name in order:
             spec = cfg.pipeline.stages[name]
             t0 = time.perf_counter()
@@ -157,9 +157,5 @@ def pipeline(config: str = "pipeline.yaml", profile: str = "local", overrides: l
     selected = sorted(with_upstream(inputs, wanted))
     runtime.prepare(cfg)
     runner = runtime.task_runner(cfg.profile.dask)
-    # Results (and so the cache) live in the run's data_dir. A flow run takes its result
-    # store from the settings when it starts, and its tasks on Dask inherit that store.
-    results = {PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(cfg.data_dir / "prefect" / "results")}
-    with temporary_settings(results):
-        return stages.with_options(task_runner=runner)(config, profile, overrides, selected, run_id or new_run_id())
+    return stages.with_options(task_runner=runner)(config, profile, overrides, selected, run_id or new_run_id())
 

@@ -99,3 +99,19 @@ def prepare(cfg: Config) -> None:
     env = prefect_environment(cfg.data_dir, cfg.profile.prefect.logging_level)
     export_environment(env)
     export_environment({k: env[k] for k in RUN_SPECIFIC}, override=True)
+
+
+def result_storage(path: Path) -> str:
+    """Register (idempotently) a result-storage block for ``path``; return its slug.
+
+    Task results — and so Prefect's cache records — must live in the run's data_dir, on
+    storage every worker can reach, whatever Prefect settings a worker process started
+    with. Prefect wants such storage as a saved block.
+    """
+    from prefect.filesystems import LocalFileSystem
+
+    from kexue.artifacts import sha256_text
+
+    name = "kexue-results-" + sha256_text(str(path.resolve()))[:16]
+    LocalFileSystem(basepath=str(path.resolve())).save(name, overwrite=True)
+    return f"local-file-system/{name}"

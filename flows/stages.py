@@ -33,6 +33,11 @@ class StageContext:
     store: Store
     progress: Any = None  # rich.progress.Progress or None
     resources: dict[str, dict[str, float]] = field(default_factory=dict)
+    result_storage: str | None = None  # block slug of the run's result storage (the cache)
+
+    def t(self, task):
+        """The task, persisting its result (and so its cache record) in the run's storage."""
+        return task.with_options(result_storage=self.result_storage) if self.result_storage else task
 
 
 @dataclass
@@ -58,14 +63,14 @@ def all_cached(futures: list[PrefectFuture]) -> bool:
 
 
 def run_ingest(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
-    fut = ingest_task.submit(ctx.store, params, source_fingerprints(params, ctx.store.base_dir))
+    fut = ctx.t(ingest_task).submit(ctx.store, params, source_fingerprints(params, ctx.store.base_dir))
     (manifest,) = wait(ctx, [fut], "ingest")
     return StageOutcome(manifest, all_cached([fut]))
 
 
 def run_tokenize(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
     (ingested,) = upstream.values()
-    futures = tokenize_partition_task.map(store=unmapped(ctx.store), partition=ingested.partitions, params=unmapped(params))
+    futures = ctx.t(tokenize_partition_task).map(store=unmapped(ctx.store), partition=ingested.partitions, params=unmapped(params))
     results: list[Manifest] = wait(ctx, list(futures), f"tokenize {len(futures)} partitions")
     totals: dict[str, int] = {}
     for m in results:
@@ -88,10 +93,10 @@ def run_tokenize(ctx: StageContext, params: dict, upstream: dict[str, Manifest])
 
 def run_count(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
     (tokens,) = upstream.values()
-    partials = list(count_partition_task.map(store=unmapped(ctx.store), tokens=tokens.partitions, batch_docs=unmapped(params["batch_docs"])))
+    partials = list(ctx.t(count_partition_task).map(store=unmapped(ctx.store), tokens=tokens.partitions, batch_docs=unmapped(params["batch_docs"])))
     # tree merge on the cluster: no task ever holds every partial
     total, merges = tree_reduce(ctx, merge_counts_task, partials, params["merge_fanin"])
-    vocab = vocabulary_task.submit(ctx.store, total)
+    vocab = ctx.t(vocabulary_task).submit(ctx.store, total)
     futures = partials + merges + [vocab]
     wait(ctx, futures, f"count {len(partials)} partitions")
     return StageOutcome(vocab.result(), all_cached(futures))
@@ -115,7 +120,7 @@ def tree_reduce(ctx: StageContext, task, leaves: list[PrefectFuture], fanin: int
             if len(group) == 1:
                 nxt.append(group[0])
             else:
-                nxt.append(task.submit(ctx.store, group))
+                nxt.append(ctx.t(task).submit(ctx.store, group))
                 merges.append(nxt[-1])
         level = nxt
     return level[0], merges
@@ -128,11 +133,11 @@ def run_graph(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) ->
     total = None
     if params["source"] == "cooccurrence":
         tokens = upstream_of(upstream, "tokenize")
-        parts = list(cooccurrence_partition_task.map(store=unmapped(ctx.store), tokens=tokens.partitions,
+        parts = list(ctx.t(cooccurrence_partition_task).map(store=unmapped(ctx.store), tokens=tokens.partitions,
                                                      vocabulary=unmapped(vocab), params=unmapped(params)))
         total, merges = tree_reduce(ctx, cooccurrence_merge_task, parts)
         futures += parts + merges
-    build = graph_build_task.submit(ctx.store, total, vocab, params, jose)
+    build = ctx.t(graph_build_task).submit(ctx.store, total, vocab, params, jose)
     futures.append(build)
     wait(ctx, futures, f"graph ({len(futures)} tasks)")
     return StageOutcome(build.result(), all_cached(futures))
@@ -141,7 +146,7 @@ def run_graph(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) ->
 def run_communities(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
     graph = upstream_of(upstream, "graph")
     jose = upstream_of(upstream, "jose", required=False)
-    fut = communities_task.submit(ctx.store, graph, params, jose)
+    fut = ctx.t(communities_task).submit(ctx.store, graph, params, jose)
     (manifest,) = wait(ctx, [fut], "communities (infomap)")
     rows = [{"module": i + 1, "size": size, "flow": round(flow, 5), "top words": " ".join(words)}
             for i, (size, flow, words) in enumerate(manifest.metrics.get("top_modules", []))]
@@ -152,7 +157,7 @@ def run_jose(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> 
     tokens = upstream_of(upstream, "tokenize")
     vocab = upstream_of(upstream, "count").files["vocabulary"]
     warm = previous_jose_output(ctx.store) if params.get("warm_start") else None
-    fut = jose_task.submit(ctx.store, tokens, vocab, params, warm)
+    fut = ctx.t(jose_task).submit(ctx.store, tokens, vocab, params, warm)
     (manifest,) = wait(ctx, [fut], "jose")
     return StageOutcome(manifest, all_cached([fut]))
 
