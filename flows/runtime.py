@@ -28,7 +28,7 @@ def prefect_environment(data_dir: Path, logging_level: str = "WARNING") -> dict[
         "DO_NOT_TRACK": "1",
         "DASK_LOGGING__DISTRIBUTED": "warning",
         "DASK_TEMPORARY_DIRECTORY": str(data_dir / "dask-scratch"),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "TF_CPP_MIN_LOG_LEVEL": "3",  # grappler logs harmless remapper "errors"
     }
 
 

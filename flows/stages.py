@@ -13,8 +13,11 @@ from prefect import unmapped
 from prefect.futures import PrefectFuture, as_completed
 
 from kexue.artifacts import Manifest
+from kexue.images_source import image_source_fingerprint
 from kexue.tokenize import prf
 from tasks.caching import Store
+from kexue.gan_params import GanTrainParams
+from tasks.gan import feature_net_task, gan_eval_task, gan_run_task, images_task
 from tasks.jose import jose_task
 from tasks.jose import previous_output as previous_jose_output
 from tasks.graph import communities_task, cooccurrence_merge_task, cooccurrence_partition_task, graph_build_task
@@ -162,6 +165,48 @@ def run_jose(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> 
     return StageOutcome(manifest, all_cached([fut]))
 
 
+def run_images(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
+    fut = ctx.t(images_task).submit(ctx.store, params, image_source_fingerprint(params["source"], ctx.store.base_dir))
+    (manifest,) = wait(ctx, [fut], "images")
+    return StageOutcome(manifest, all_cached([fut]))
+
+
+# what the gan stage's manifest keeps of each run (the run folders hold the rest:
+# TensorBoard events, a grid per evaluation); grids only for the first seed
+RUN_FILES = ("history", "samples_final", "generator", "generator_best")
+GRID_FILES = ("grid_final", "grid_best")
+
+
+def run_gan(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
+    images = upstream_of(upstream, "images")
+    spec = GanTrainParams.model_validate(params)
+    feature = ctx.t(feature_net_task).submit(ctx.store, images, params["feature_net"])
+    runs = spec.runs()
+    # one Dask task per (variant, seed): they train in parallel across the workers
+    futures = [ctx.t(gan_run_task).submit(ctx.store, images, feature, variant, p) for variant, _, p in runs]
+    wait(ctx, [feature, *futures], f"gan: {len(runs)} runs")
+    files = {"feature_net": feature.result().files["model"]}
+    table = []
+    for (variant, seed, _), fut in zip(runs, futures):
+        m = fut.result()
+        keep = RUN_FILES + (GRID_FILES if seed == spec.seeds[0] else ())
+        files.update({f"{variant}/s{seed}/{k}": ref for k, ref in m.files.items() if k in keep})
+        best, final = m.metrics.get("best_eval") or {}, m.metrics.get("final_eval") or {}
+        table.append({"variant": variant, "seed": seed, "steps": m.metrics["step"],
+                      "fid_final": final.get("fid"), "fid_best": best.get("fid"), "best_step": best.get("step"),
+                      "seconds": round(m.metrics["seconds"], 1), "resumed_from_step": m.metrics["resumed_from_step"]})
+    metrics = {"runs": table, "feature_net": feature.result().metrics,
+               "train_seconds_total": round(sum(r["seconds"] for r in table), 1)}
+    return StageOutcome(Manifest(stage="gan", files=files, metrics=metrics), all_cached([feature, *futures]))
+
+
+def run_gan_eval(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
+    fut = ctx.t(gan_eval_task).submit(ctx.store, upstream_of(upstream, "gan"), params)
+    (manifest,) = wait(ctx, [fut], "gan evaluation")
+    return StageOutcome(manifest, all_cached([fut]),
+                        {"evaluation": (manifest.metrics.get("rows", []), "GAN evaluation: every variant × seed")})
+
+
 Runner = Callable[[StageContext, dict, dict[str, Manifest]], StageOutcome]
 
 RUNNERS: dict[str, Runner] = {
@@ -170,6 +215,9 @@ RUNNERS: dict[str, Runner] = {
     "count": run_count,
     "jose": run_jose,
     "graph": run_graph,
+    "images": run_images,
+    "gan_train": run_gan,
+    "gan_eval": run_gan_eval,
     "communities": run_communities,
 }
 

@@ -24,10 +24,17 @@ def check_dag(inputs: dict[str, list[str]], where: str = "pipeline") -> list[str
                 raise ConfigError(f"{where}: stages.{stage}.inputs: {up!r} listed twice")
             seen.add(up)
     try:
-        return list(TopologicalSorter(inputs).static_order())
+        TopologicalSorter(inputs).prepare()
     except CycleError as e:
         cycle = " -> ".join(e.args[1])
         raise ConfigError(f"{where}: the stages form a cycle: {cycle}") from None
+    # Kahn's algorithm, always taking the earliest-declared ready stage: runs (and the
+    # summary) follow pipeline.yaml's order wherever the dependencies allow.
+    order: list[str] = []
+    while len(order) < len(inputs):
+        ready = next(s for s in inputs if s not in order and all(u in order for u in inputs[s]))
+        order.append(ready)
+    return order
 
 
 def with_upstream(inputs: dict[str, list[str]], wanted: list[str]) -> set[str]:

@@ -13,6 +13,7 @@ from kexue.config import Config, ConfigError, ParamValidator, did_you_mean, load
 from kexue.communities import CommunityParams
 from kexue.cooccurrence import GraphParams
 from kexue.count import CountParams
+from kexue.gan_params import GanEvalParams, GanTrainParams, ImagesParams
 from kexue.ingest import IngestParams
 from kexue.jose import JoseConfig
 from kexue.sources import SourceSpec
@@ -40,6 +41,9 @@ VALIDATORS: dict[str, ParamValidator] = {
     "count": validator_for(CountParams),
     "jose": validate_jose,
     "graph": validator_for(GraphParams),
+    "images": validator_for(ImagesParams),
+    "gan_train": validator_for(GanTrainParams),
+    "gan_eval": validator_for(GanEvalParams),
     "communities": validator_for(CommunityParams),
 }
 
