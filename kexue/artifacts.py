@@ -45,6 +45,13 @@ def stable_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+def _seal(tmp: Path) -> None:
+    """Flush to disk and give the usual file mode (mkstemp creates files 0600)."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``final``; on success move it into place atomically.
@@ -59,8 +66,7 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
+        _seal(tmp_path)
         os.replace(tmp_path, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -174,8 +180,7 @@ def save_content_addressed(directory: str | os.PathLike, suffix: str, write) -> 
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
+        _seal(tmp_path)
         digest = sha256_file(tmp_path)
         final = directory / digest[:2] / f"{digest}{suffix}"
         final.parent.mkdir(exist_ok=True)

