@@ -309,17 +309,14 @@ def load_checkpoint(path: Path, gan: CascadeGAN, identity: dict[str, Any]) -> tu
 # --------------------------------------------------------------------------- training run
 
 def sample_grid_png(images: np.ndarray, path: str | Path, rows: int, scale: int = 4) -> Path:
-    """Tile the first rows×rows images ([-1, 1], NHWC) into a PNG, 1-px gaps, nearest upscale."""
+    """Tile the first rows×rows images ([-1, 1], NHWC) into a PNG, nearest-neighbour upscaled."""
     from PIL import Image
 
-    n, h, w, c = images.shape
-    rows = min(rows, math.isqrt(n))
-    canvas = np.full((rows * (h + 1) + 1, rows * (w + 1) + 1, c), 255, np.uint8)
-    pixels = np.clip((images[: rows * rows] + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
-    for i, img in enumerate(pixels):
-        r, q = divmod(i, rows)
-        canvas[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = img
-    image = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+    from kexue.images import image_grid
+
+    rows = min(rows, math.isqrt(len(images)))
+    grid = (image_grid(images[: rows * rows], rows) * 255).round().astype(np.uint8)
+    image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
     with atomic_path(path, suffix=".png") as tmp:
         image.save(tmp, format="PNG")

@@ -44,6 +44,7 @@ from sklearn.cluster import KMeans
 from sklearn.model_selection import train_test_split
 
 from kexue.artifacts import atomic_path, write_text_atomic
+from kexue.images import image_grid
 
 FEATURE_LAYER = "features"
 METRIC_KEYS = ("fid", "kid", "kid_std", "inception_score", "precision", "recall")
@@ -515,25 +516,12 @@ def plot_fid_curves(records: Sequence[Mapping[str, Any]], path: str | Path) -> P
     return _save_png(fig, path)
 
 
-def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
-    """Tile images (N, H, W[, C]) in [-1, 1] into one (rows·H, cols·W, C) array in [0, 1]."""
-    images = _as_images(images)
-    n, h, w, c = images.shape
-    columns = columns or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / columns)
-    grid = np.ones((rows * (h + 1) - 1, columns * (w + 1) - 1, c), dtype=np.float32)
-    for i, image in enumerate(np.clip((images + 1.0) / 2.0, 0.0, 1.0)):
-        r, col = divmod(i, columns)
-        grid[r * (h + 1) : r * (h + 1) + h, col * (w + 1) : col * (w + 1) + w] = image
-    return grid
-
-
 def plot_sample_grids(samples: Mapping[str, np.ndarray], path: str | Path, n: int = 64) -> Path:
     """PNG with one grid of the first ``n`` samples per variant, side by side."""
     fig = Figure(figsize=(3.2 * len(samples), 3.6))
     for i, (variant, images) in enumerate(samples.items()):
         ax = fig.add_subplot(1, len(samples), i + 1)
-        grid = image_grid(np.asarray(images)[:n])
+        grid = image_grid(_as_images(np.asarray(images)[:n]))
         if grid.shape[-1] == 1:
             ax.imshow(grid[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
         else:

@@ -19,6 +19,7 @@ Sources (the ``source`` string of ``load_images``):
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -97,6 +98,18 @@ def write_images(source: str, out_dir: str | os.PathLike, size: int | None = Non
         "classes": None if images.y is None else int(len(np.unique(images.y))),
         "quarantined": len(quarantine),
     }}
+
+
+def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
+    """Tile images (N, H, W, C) in [-1, 1] into one (rows·H, cols·W, C) array in [0, 1], 1-px white gaps."""
+    n, h, w, c = images.shape
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    grid = np.ones((rows * (h + 1) - 1, columns * (w + 1) - 1, c), dtype=np.float32)
+    for i, image in enumerate(np.clip((images + 1.0) / 2.0, 0.0, 1.0)):
+        r, col = divmod(i, columns)
+        grid[r * (h + 1): r * (h + 1) + h, col * (w + 1): col * (w + 1) + w] = image
+    return grid
 
 
 def resize(x: np.ndarray, size: int) -> np.ndarray:

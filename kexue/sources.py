@@ -180,19 +180,21 @@ def _read_builtin(spec: SourceSpec) -> Iterator[Record]:
             yield Doc(str(i), rec.location, rec.text, rec.label, rec.gold_tokens)
 
 
-def _read_bytes(path: Path) -> bytes:
-    """A file's bytes; a file whose mode grants no read permission is refused even to root,
-    so that ingest behaves the same whoever runs it."""
-    if not stat.S_IMODE(path.stat().st_mode) & 0o444:
-        raise PermissionError(13, "no read permission", str(path))
-    return path.read_bytes()
+def _read_bytes(path: Path) -> bytes | Rejected:
+    """A file's bytes, or why it cannot be read. A file whose mode grants no read permission
+    is refused even to root, so that ingest behaves the same whoever runs it."""
+    try:
+        if not stat.S_IMODE(path.stat().st_mode) & 0o444:
+            raise PermissionError(13, "no read permission", str(path))
+        return path.read_bytes()
+    except OSError as e:
+        return Rejected(str(path), f"unreadable file: {e.strerror or e}")
 
 
 def _read_text_file(spec: SourceSpec, path: Path, key: str | None = None, label: str | None = None) -> Iterator[Record]:
-    try:
-        data = _read_bytes(path)
-    except OSError as e:
-        yield Rejected(str(path), f"unreadable file: {e.strerror or e}")
+    data = _read_bytes(path)
+    if isinstance(data, Rejected):
+        yield data
         return
     text, how = _text_or_reason(data)
     if text is None:
@@ -248,10 +250,9 @@ def _row_to_doc(spec: SourceSpec, row: dict, key: str, location: str) -> Record:
 
 
 def _read_jsonl(spec: SourceSpec, path: Path) -> Iterator[Record]:
-    try:
-        data = _read_bytes(path)
-    except OSError as e:
-        yield Rejected(str(path), f"unreadable file: {e.strerror or e}")
+    data = _read_bytes(path)
+    if isinstance(data, Rejected):
+        yield data
         return
     for lineno, raw in enumerate(data.split(b"\n"), 1):
         if not raw.strip():
@@ -273,10 +274,9 @@ def _read_jsonl(spec: SourceSpec, path: Path) -> Iterator[Record]:
 
 
 def _read_csv(spec: SourceSpec, path: Path) -> Iterator[Record]:
-    try:
-        data = _read_bytes(path)
-    except OSError as e:
-        yield Rejected(str(path), f"unreadable file: {e.strerror or e}")
+    data = _read_bytes(path)
+    if isinstance(data, Rejected):
+        yield data
         return
     text, how = decode_text(data)
     if text is None:

@@ -162,7 +162,7 @@ def test_gan_trains_checkpoints_and_resumes_with_the_same_step(tmp_path, tiny_im
     assert calls == [8] and m["best_eval"]["step"] == 8
     for key in ("generator", "generator_best", "samples_final", "grid_final", "history"):
         assert Path(first["files"][key]).exists()
-    assert Image.open(first["files"]["grid_final"]).size == ((4 * 9 + 1) * 4,) * 2
+    assert Image.open(first["files"]["grid_final"]).size == ((4 * 9 - 1) * 4,) * 2  # 4×4 tiles of 8 px, 1-px gaps, ×4
 
     progress: list[tuple[int, int]] = []
     resumed = train_gan(tiny_images, str(tmp_path / "run"), {**TINY, "epochs": 4}, str(tmp_path / "ckpt"),
