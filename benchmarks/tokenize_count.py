@@ -19,6 +19,7 @@ Whitespace-only tokens are dropped by every method (the pipeline drops them).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pickle
@@ -141,9 +142,12 @@ def pipeline(backend: str, k: int, out: str, partition_bytes: int) -> dict:
     from flows.pipeline import pipeline as flow
     from flows.runtime import embedded_api
 
+    # max_partition_factor 1: cut at partition_bytes, so the k copies split into even parts
+    # (content-defined cuts fall at the same documents in every copy of a replicated corpus)
     overrides = [f"ingest.sources=[{corpus_file}]", "ingest.deduplicate=false",
-                 f"ingest.partition_bytes={partition_bytes}", f"tokenize.backend={backend}"]
-    with embedded_api():
+                 f"ingest.partition_bytes={partition_bytes}", "ingest.max_partition_factor=1.0",
+                 f"tokenize.backend={backend}"]
+    with embedded_api(), contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON
         t0 = time.perf_counter()
         summary = flow(str(work / "pipeline.yaml"), str(work / "conf" / "bench.yaml"), overrides, ["count"])
         run_wall = time.perf_counter() - t0
@@ -162,7 +166,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--k", type=int, default=5, help="replicate the corpus k times")
     ap.add_argument("--methods", default="naive,batched,pool2,jieba_parallel2,pipeline_jieba,pipeline_rjieba")
-    ap.add_argument("--partition-bytes", type=int, default=4_000_000)
+    ap.add_argument("--partition-bytes", type=int, default=14_000_000, help="about half the k=5 corpus: one partition per worker")
     args = ap.parse_args()
     out_dir = Path(tempfile.mkdtemp(prefix="kexue-bench-counts-"))
     results, counts = {}, {}

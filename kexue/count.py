@@ -26,7 +26,7 @@ PARTIAL_COLUMNS = ["token", "count", "doc_freq"]
 class CountParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     batch_docs: int = Field(2000, ge=1)  # documents counted together before merging
-    merge_fanin: int = Field(2, ge=2)  # partials merged per tree node
+    merge_fanin: int = Field(8, ge=2)  # partials merged per tree node
 
 
 def _partial(tokens: pa.ChunkedArray | pa.Array) -> pa.Table:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -15,6 +16,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 log = logging.getLogger(__name__)
+_WHITESPACE = re.compile(r"\s")
 
 
 class TokenizeParams(BaseModel):
@@ -42,18 +44,13 @@ def _jieba_tokenizer(user_dict: str | None):
 
 
 def make_segmenter(p: TokenizeParams) -> Callable[[str], list[str]]:
-    """A function text → tokens (whitespace tokens kept; see ``tokenize_text``)."""
+    """A function text → tokens (white-space tokens included; ``tokenize_partition`` drops them)."""
     if effective_backend(p) == "jieba":
         tk = _jieba_tokenizer(p.user_dict)
         return functools.partial(tk.lcut, HMM=p.hmm)
     import rjieba
 
     return functools.partial(rjieba.cut, hmm=p.hmm)
-
-
-def tokenize_text(segment: Callable[[str], list[str]], text: str, drop_whitespace: bool = True) -> list[str]:
-    tokens = segment(text)
-    return [t for t in tokens if t.strip()] if drop_whitespace else list(tokens)
 
 
 def spans(tokens: list[str]) -> set[tuple[int, int]]:
@@ -90,7 +87,9 @@ def tokenize_partition(ingest_path: str | Path, params: dict[str, Any] | Tokeniz
         if gold is not None:
             a, b, c = segmentation_counts([t for t in raw], list(gold))
             tp, n_pred, n_gold, gold_docs = tp + a, n_pred + b, n_gold + c, gold_docs + 1
-        tokens.append([t for t in raw if t.strip()] if p.drop_whitespace else list(raw))
+        # only a text with white space can yield white-space tokens: skip the per-token test otherwise
+        keep_all = not p.drop_whitespace or _WHITESPACE.search(text) is None
+        tokens.append(raw if keep_all else [t for t in raw if t.strip()])
     out = pd.DataFrame({"doc_id": df["doc_id"], "source": df["source"], "label": df["label"], "tokens": tokens})
     stats = {
         "documents": len(df),
