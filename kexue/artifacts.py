@@ -148,6 +148,11 @@ class Manifest:
     def problems(self) -> list[str]:
         return [p for f in self.all_files() if (p := f.problem())]
 
+    @classmethod
+    def of_result(cls, stage: str, result: dict[str, Any]) -> "Manifest":
+        """From a library stage's ``{"files": {name: path}, "metrics": {...}}``: hash every file."""
+        return cls(stage=stage, files={k: FileRef.of(v) for k, v in result["files"].items()}, metrics=result["metrics"])
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "stage": self.stage,

@@ -11,9 +11,6 @@ from kexue.artifacts import FileRef, Manifest, sha256_text, stable_json
 from tasks.caching import Store, kexue_task
 
 
-def _manifest(stage: str, result: dict[str, Any]) -> Manifest:
-    return Manifest(stage=stage, files={k: FileRef.of(v) for k, v in result["files"].items()}, metrics=result["metrics"])
-
 
 def _single_threaded_tf() -> None:
     """One TF thread per task, so two runs share the two cores instead of fighting over them.
@@ -37,7 +34,7 @@ def images_task(store: Store, params: dict[str, Any], source_fingerprint: str) -
     source = params["source"]
     if not source.startswith("builtin:") and not Path(source).is_absolute():
         source = str(Path(store.base_dir) / source)
-    return _manifest("images", write_images(source, out, params["size"]))
+    return Manifest.of_result("images", write_images(source, out, params["size"]))
 
 
 @kexue_task("feature-net", code=("kexue.gan_eval",))
@@ -68,7 +65,7 @@ def gan_run_task(store: Store, images: Manifest, feature_net: Manifest, variant:
     eval_fn = make_eval_fn(real, load_feature_model(feature_net.files["model"].path), kid_subsets=10)
     result = train_gan(images.files["images"].path, str(out), params, str(checkpoints), eval_fn=eval_fn)
     result["metrics"]["variant"] = variant
-    return _manifest("gan-run", result)
+    return Manifest.of_result("gan-run", result)
 
 
 @kexue_task("gan-eval", code=("kexue.gan_eval",))
@@ -85,4 +82,4 @@ def gan_eval_task(store: Store, gan: Manifest, params: dict[str, Any]) -> Manife
             if variant not in samples:
                 samples[variant] = np.load(gan.files[f"{variant}/{seed}/samples_final"].path)
     out = store.stage_dir("gan_eval", sha256_text(gan.fingerprint(), stable_json(params)))
-    return _manifest("gan_eval", compare_variants(records, out, baseline=params["baseline"], samples=samples, alpha=params["alpha"]))
+    return Manifest.of_result("gan_eval", compare_variants(records, out, baseline=params["baseline"], samples=samples, alpha=params["alpha"]))

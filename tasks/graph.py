@@ -38,9 +38,6 @@ def load_vectors(jose: Manifest | None) -> tuple[list[str], np.ndarray] | None:
     return words, np.load(jose.files["u"].path)
 
 
-def _manifest(stage: str, result: dict[str, Any]) -> Manifest:
-    return Manifest(stage=stage, files={k: FileRef.of(v) for k, v in result["files"].items()}, metrics=result["metrics"])
-
 
 @kexue_task("graph-build", code=("kexue.cooccurrence", "kexue.graph_io"))
 def graph_build_task(store: Store, counts: FileRef | None, vocabulary: FileRef, params: dict[str, Any],
@@ -49,11 +46,11 @@ def graph_build_task(store: Store, counts: FileRef | None, vocabulary: FileRef, 
                       jose.fingerprint() if jose else "")
     out = store.stage_dir("graph", key)
     matrix = sp.load_npz(counts.path) if counts else None
-    return _manifest("graph", kcooc.build_graph(matrix, vocabulary.path, str(out), params, load_vectors(jose)))
+    return Manifest.of_result("graph", kcooc.build_graph(matrix, vocabulary.path, str(out), params, load_vectors(jose)))
 
 
 @kexue_task("communities", code=("kexue.communities", "kexue.mapequation"))
 def communities_task(store: Store, graph: Manifest, params: dict[str, Any], jose: Manifest | None = None) -> Manifest:
     out = store.stage_dir("communities", sha256_text(graph.fingerprint(), stable_json(params), jose.fingerprint() if jose else ""))
     graph_dir = str(Path(graph.files["pajek"].path).parent)
-    return _manifest("communities", kcom.detect_communities(graph_dir, str(out), params, load_vectors(jose)))
+    return Manifest.of_result("communities", kcom.detect_communities(graph_dir, str(out), params, load_vectors(jose)))

@@ -42,6 +42,6 @@ def jose_task(store: Store, tokens: Manifest, vocabulary: FileRef, params: dict[
     warm_dir = str(Path(warm_from.files["u"].path).parent) if warm_from else None
     result = train_jose_stage([p.path for p in tokens.partitions], vocabulary.path, str(out), config,
                               str(checkpoints), warm_start_dir=warm_dir, progress=progress)
-    manifest = Manifest(stage="jose", files={k: FileRef.of(v) for k, v in result["files"].items()}, metrics=result["metrics"])
+    manifest = Manifest.of_result("jose", result)
     write_json_atomic(store.stage_dir("jose") / "latest.json", manifest.to_dict())
     return manifest

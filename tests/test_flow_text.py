@@ -1,7 +1,6 @@
 """The text front half end to end: real LocalCluster, real Prefect API, real caching."""
 from __future__ import annotations
 
-import os
 from collections import Counter
 
 import pandas as pd

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from kexue.embedding_eval import angle_statistics, theoretical_angle_moments
 from kexue.jose import (
-    Block, Corpus, JoseConfig, JoseModel, TupleSampler, load_corpus, random_unit_rows, spherical_hinge_step,
+    Block, JoseConfig, JoseModel, TupleSampler, load_corpus, random_unit_rows, spherical_hinge_step,
     train_jose, train_jose_stage, warm_start_rows,
 )
 from kexue.word2vec import read_word2vec, write_word2vec

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from kexue.ingest import ingest
 from kexue.sources import SourceSpec, read_source, Doc, Rejected
