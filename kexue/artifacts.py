@@ -40,6 +40,29 @@ def sha256_text(*parts: str) -> str:
     return h.hexdigest()
 
 
+def tree_hashes(path: str | os.PathLike) -> list[str]:
+    """``relpath:sha256`` of every file under a folder (sorted, links not followed), or the
+    one file's hash; an unreadable entry contributes its errno. For content-based cache keys:
+    touching a file changes nothing, editing one changes the list."""
+    path = Path(path)
+
+    def one(p: Path, label: str) -> str:
+        try:
+            return f"{label}:{sha256_file(p)}"
+        except OSError as e:
+            return f"{label}:error:{e.errno}"
+
+    if not path.is_dir():
+        return [one(path, "")]
+    out = []
+    for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]):
+            p = Path(dirpath) / name
+            out.append(one(p, p.relative_to(path).as_posix()))
+    return out
+
+
 def stable_json(obj: Any) -> str:
     """Canonical JSON used for hashing parameters (sorted keys, no spaces)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)

@@ -320,7 +320,7 @@ def source_fingerprint(spec: SourceSpec, base_dir: Path) -> str:
 
     Hashes file bytes, not mtimes: touching a file does not invalidate, editing one does.
     """
-    from kexue.artifacts import sha256_file, sha256_text, stable_json
+    from kexue.artifacts import sha256_file, sha256_text, stable_json, tree_hashes
 
     parts = [stable_json(spec.model_dump())]
     if spec.is_builtin:
@@ -330,21 +330,7 @@ def source_fingerprint(spec: SourceSpec, base_dir: Path) -> str:
         parts += [sha256_file(p) for p in files]
         return sha256_text(*parts)
     path = spec.resolve(base_dir)
-    if path.is_dir():
-        for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
-            dirnames.sort()
-            for name in sorted(filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]):
-                p = Path(dirpath) / name
-                rel = p.relative_to(path).as_posix()
-                try:
-                    parts.append(f"{rel}:{sha256_file(p)}")
-                except OSError as e:
-                    parts.append(f"{rel}:error:{e.errno}")
-    elif path.exists():
-        try:
-            parts.append(sha256_file(path))
-        except OSError as e:
-            parts.append(f"error:{e.errno}")
-    else:
+    if not path.exists() and not path.is_symlink():
         raise FileNotFoundError(f"ingest source {spec.source!r}: {path} does not exist")
+    parts += tree_hashes(path)
     return sha256_text(*parts)
