@@ -124,10 +124,16 @@ def test_gan_rejects_bad_loss_and_weights():
 
 # --------------------------------------------------------------------------- training + resume
 
+# SGD with momentum, not Adam: Adam's first steps are sign-SGD, so a last-bit float
+# difference in a near-zero gradient (TensorFlow promises no bitwise reproducibility across
+# kernels) becomes a whole learning-rate step and the resumed-vs-straight comparison below
+# flakes. With SGD such noise stays ~1e-7, while forgetting to restore the D or G optimizer
+# state or the noise RNG moves the generator by 7e-3 to 8e-2 (measured), far above atol.
+_SGD = {"name": "sgd", "learning_rate": 0.02, "momentum": 0.9}
 TINY = {"cascades": 2, "width": 8, "latent_dim": 8, "batch_size": 32, "eval_every": 8,
-        "eval_samples": 64, "grid": 4, "seed": 3,
+        "eval_samples": 64, "grid": 4, "seed": 3, "d_optimizer": _SGD,
         # a derived optimizer with its own state (slow weights): resume must restore it too
-        "g_optimizer": {"name": "adam", "learning_rate": 2e-4, "beta_1": 0.5, "lookahead": {"k": 3, "alpha": 0.5}}}
+        "g_optimizer": {**_SGD, "lookahead": {"k": 3, "alpha": 0.5}}}
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +185,7 @@ def test_gan_trains_checkpoints_and_resumes_with_the_same_step(tmp_path, tiny_im
                          str(tmp_path / "ckpt_straight"))
     assert straight["metrics"]["step"] == 16
     for a, b in zip(_generator_weights(tmp_path / "run"), _generator_weights(tmp_path / "straight")):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
 
     # Per-cascade losses are in the TensorBoard event files.
     tags = set()
