@@ -83,6 +83,7 @@ def task_runner(spec: DaskSpec):
             "memory_limit": spec.memory_limit,
             "dashboard_address": spec.dashboard_address,
             "host": "127.0.0.1",
+            "preload": ["tasks.warmup"],  # first-task imports happen at start-up, not inside a stage
         },
         client_kwargs=client_kwargs,
     )

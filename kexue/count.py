@@ -118,11 +118,16 @@ def plot_rank_frequency(vocab: pd.DataFrame, path: str | Path) -> Path:
 
     from kexue.artifacts import atomic_path
 
+    def log_spaced(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # ~2,000 log-spaced ranks draw the same curve as 100k points, in a tenth of the time
+        ranks = np.unique(np.geomspace(1, max(len(counts), 1), 2000).astype(np.int64))
+        ranks = ranks[ranks <= len(counts)]
+        return ranks, counts[ranks - 1]
+
     fig, ax = plt.subplots(figsize=(5.5, 4), dpi=110)
-    ranks = np.arange(1, len(vocab) + 1)
-    ax.loglog(ranks, vocab["count"].to_numpy(), lw=1.5, label="all tokens")
+    ax.loglog(*log_spaced(vocab["count"].to_numpy()), lw=1.5, label="all tokens")
     content = vocab.loc[~vocab["is_stopword"] & ~vocab["is_punct"], "count"].to_numpy()
-    ax.loglog(np.arange(1, len(content) + 1), content, lw=1.2, label="without stop words / punctuation")
+    ax.loglog(*log_spaced(content), lw=1.2, label="without stop words / punctuation")
     ax.set_xlabel("rank")
     ax.set_ylabel("count")
     ax.set_title(f"rank-frequency, {len(vocab):,} types, {int(vocab['count'].sum()):,} tokens")

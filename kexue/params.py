@@ -15,7 +15,7 @@ from kexue.cooccurrence import GraphParams
 from kexue.count import CountParams
 from kexue.gan_params import GanEvalParams, GanTrainParams, ImagesParams
 from kexue.ingest import IngestParams
-from kexue.jose import JoseConfig
+from kexue.jose_params import JoseConfig
 from kexue.sources import SourceSpec
 from kexue.tokenize import TokenizeParams
 

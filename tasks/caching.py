@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import inspect
 import json
 import logging
@@ -70,9 +71,11 @@ def fingerprint(value: Any) -> str:
 def code_version(*module_names: str) -> str:
     """Hash of the source files of the given modules."""
     parts = []
-    for name in module_names:
-        mod = sys.modules.get(name) or importlib.import_module(name)
-        parts.append(f"{name}:{sha256_file(inspect.getfile(mod))}")
+    for name in module_names:  # located, not imported: hashing kexue.jose must not start TensorFlow
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin:
+            raise ModuleNotFoundError(f"code_version: no source file for module {name!r}")
+        parts.append(f"{name}:{sha256_file(spec.origin)}")
     return sha256_text(*parts)
 
 

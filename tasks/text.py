@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from kexue import count as kcount
 from kexue import tokenize as ktok
@@ -35,8 +36,8 @@ def ingest_task(store: Store, params: dict[str, Any], source_fingerprints: list[
 
 @kexue_task("tokenize-partition", code=("kexue.tokenize",))
 def tokenize_partition_task(store: Store, partition: FileRef, params: dict[str, Any]) -> Manifest:
-    frame, stats = ktok.tokenize_partition(partition.path, params)
-    ref = save_content_addressed(store.stage_dir("tokenize") / "partitions", ".parquet", lambda t: frame.to_parquet(t, index=False))
+    table, stats = ktok.tokenize_partition(partition.path, params)
+    ref = save_content_addressed(store.stage_dir("tokenize") / "partitions", ".parquet", lambda t: pq.write_table(table, t))
     return Manifest(stage="tokenize", partitions=[ref], metrics=stats)
 
 

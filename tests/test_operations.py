@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -86,7 +87,8 @@ def test_pipeline_on_an_existing_dask_cluster(tmp_path, prefect_api):
         wait_port(port)
         for name in ("kexue-w1", "kexue-w2"):
             workers.append(Service([dask, "worker", f"tcp://127.0.0.1:{port}", "--name", name, "--nthreads", "1",
-                                    "--host", "127.0.0.1", "--no-dashboard", "--local-directory", str(tmp_path / name)],
+                                    "--host", "127.0.0.1", "--no-dashboard", "--local-directory", str(tmp_path / name),
+                                    "--preload", "tasks.warmup"],
                                    env=env, log=tmp_path / f"{name}.log"))
         from distributed import Client
 
@@ -106,6 +108,12 @@ def test_pipeline_on_an_existing_dask_cluster(tmp_path, prefect_api):
         assert set(tok["metrics"]["workers"]) == {"kexue-w1", "kexue-w2"}  # the work ran on those workers
         assert summary["dashboard"] == f"http://127.0.0.1:{dash}/status"
         assert wait_http(summary["dashboard"], timeout=30)
+        # the documented preload ran, and text stages never made a worker import TensorFlow
+        # (unpickling the flow imports flows.*; that must stay free of it)
+        with Client(f"tcp://127.0.0.1:{port}", timeout=60) as c:
+            loaded = c.run(lambda: {m: m in sys.modules for m in ("tasks.warmup", "tasks.text", "tensorflow")})
+        assert len(loaded) == 2
+        assert all(v == {"tasks.warmup": True, "tasks.text": True, "tensorflow": False} for v in loaded.values()), loaded
     finally:
         for w in workers:
             w.stop()

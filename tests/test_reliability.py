@@ -125,8 +125,8 @@ def test_killed_worker_mid_tokenisation_still_gives_exact_counts(tmp_path, prefe
         ing = next(s for s in summary["stages"] if s["name"] == "ingest")
         expected = Counter()
         for p in ing["files"]["partitions"]:
-            frame, _ = tokenize_partition(p, {"backend": "jieba"})
-            expected.update(t for doc in frame["tokens"] for t in doc)
+            table, _ = tokenize_partition(p, {"backend": "jieba"})
+            expected.update(t for doc in table.column("tokens").to_pylist() for t in doc)
         vocab = pd.read_parquet(next(s for s in summary["stages"] if s["name"] == "count")["files"]["vocabulary"])
         assert dict(zip(vocab["token"], vocab["count"])) == expected
     finally:

@@ -1,6 +1,7 @@
 """Tokenisation backends agree; counting is exact; segmentation metrics are right."""
 from __future__ import annotations
 
+import random
 from collections import Counter
 
 import pandas as pd
@@ -40,9 +41,40 @@ def test_user_dictionary_falls_back_to_jieba_and_is_honoured(tmp_path):
 
 
 def test_segmentation_prf_counts_word_spans():
-    tp, n_pred, n_gold = segmentation_counts(["中国", "人民", "银行"], ["中国人民", "银行"])
+    tp, n_pred, n_gold = segmentation_counts([["中国", "人民", "银行"]], [["中国人民", "银行"]])
     assert (tp, n_pred, n_gold) == (1, 3, 2)
     assert prf(tp, n_pred, n_gold) == pytest.approx({"precision": 1 / 3, "recall": 1 / 2, "f1": 0.4})
+
+
+def _span_set(tokens):
+    out, pos = set(), 0
+    for t in tokens:
+        out.add((pos, pos + len(t)))
+        pos += len(t)
+    return out
+
+
+def test_batched_segmentation_counts_equal_per_document_span_sets():
+    rng = random.Random(7)
+
+    def cut(text):  # a random segmentation of text
+        out, i = [], 0
+        while i < len(text):
+            j = min(len(text), i + rng.randint(1, 4))
+            out.append(text[i:j])
+            i = j
+        return out
+
+    texts = ["".join(rng.choice("中国人民银行经济") for _ in range(rng.randint(0, 30))) for _ in range(200)]
+    pred = [cut(t) for t in texts]
+    gold = [cut(t) for t in texts]
+    gold[5] = gold[5] + ["多余"]  # segmentations of different lengths must not shift later documents
+    want = sum(len(_span_set(p) & _span_set(g)) for p, g in zip(pred, gold))
+    assert segmentation_counts(pred, gold) == (want, sum(map(len, pred)), sum(map(len, gold)))
+    assert segmentation_counts(gold, gold)[0] == sum(map(len, gold))
+    assert segmentation_counts([[], ["a"]], [[], ["a"]]) == (1, 1, 1)
+    with pytest.raises(ValueError, match="documents"):
+        segmentation_counts([["a"]], [])
 
 
 def test_partition_tokens_and_exact_counts(tmp_path):
@@ -50,7 +82,8 @@ def test_partition_tokens_and_exact_counts(tmp_path):
     part = tmp_path / "p.parquet"
     pd.DataFrame({"doc_id": [str(i) for i in range(len(rows))], "source": "pd", "label": None,
                   "text": [r.text for r in rows], "hash": "", "gold_tokens": [list(r.gold_tokens) for r in rows]}).to_parquet(part)
-    tokens, stats = tokenize_partition(part, {})
+    table, stats = tokenize_partition(part, {})
+    tokens = table.to_pandas()
     assert stats["documents"] == 3000 and stats["seg_docs"] == 3000
     assert 0.7 < prf(stats["seg_tp"], stats["seg_pred"], stats["seg_gold"])["f1"] < 0.95
     tpath = tmp_path / "t.parquet"
