@@ -35,6 +35,7 @@ from keras import ops
 from kexue.artifacts import atomic_path, save_npy_atomic, stable_json, write_bytes_atomic, write_json_atomic
 from kexue.cascading import CascadingRejection
 from kexue.optim import build_optimizer
+from kexue.seeding import SeedStream
 
 LOSSES = ("hinge", "non_saturating")
 
@@ -74,41 +75,46 @@ def _halvings(height: int, width: int) -> int:
     return k
 
 
-def make_generator(image_shape: tuple[int, int, int], latent_dim: int = 32, width: int = 64) -> keras.Model:
+def make_generator(image_shape: tuple[int, int, int], latent_dim: int = 32, width: int = 64, seed: int = 0) -> keras.Model:
     """z → Dense to (H/2^k, W/2^k, width·2^(k-1)) → k × (ConvTranspose stride 2, BN, ReLU) → tanh.
 
     k stride-2 stages so the first feature map is 4×4 for 8/16/32-pixel images (7×7 for 28).
+    The initial weights depend on ``seed`` only (``kexue.seeding``).
     """
+    seeds = SeedStream((seed, 1))
     h, w, c = image_shape
     k = _halvings(h, w)
     z = keras.Input((latent_dim,), name="z")
     channels = width * 2 ** (k - 1)
-    x = keras.layers.Dense((h >> k) * (w >> k) * 2 * channels, use_bias=False)(z)
+    x = keras.layers.Dense((h >> k) * (w >> k) * 2 * channels, use_bias=False, kernel_initializer=seeds.glorot_uniform())(z)
     x = keras.layers.BatchNormalization()(x)
     x = keras.layers.ReLU()(x)
     x = keras.layers.Reshape((h >> k, w >> k, 2 * channels))(x)
     for _ in range(k):
-        x = keras.layers.Conv2DTranspose(channels, 4, strides=2, padding="same", use_bias=False)(x)
+        x = keras.layers.Conv2DTranspose(channels, 4, strides=2, padding="same", use_bias=False,
+                                         kernel_initializer=seeds.glorot_uniform())(x)
         x = keras.layers.BatchNormalization()(x)
         x = keras.layers.ReLU()(x)
         channels = max(channels // 2, width)
-    x = keras.layers.Conv2D(c, 3, padding="same", activation="tanh", name="image")(x)
+    x = keras.layers.Conv2D(c, 3, padding="same", activation="tanh", name="image", kernel_initializer=seeds.glorot_uniform())(x)
     return keras.Model(z, x, name="generator")
 
 
 def make_discriminator(
-    image_shape: tuple[int, int, int], cascades: int = 1, width: int = 64, spectral_norm: bool = False
+    image_shape: tuple[int, int, int], cascades: int = 1, width: int = 64, spectral_norm: bool = False, seed: int = 0
 ) -> keras.Model:
     """x → k × (Conv stride 2, LeakyReLU) → Conv 3×3 → flatten = v → CascadingRejection(N).
 
     ``spectral_norm`` wraps every convolution in ``keras.layers.SpectralNormalization``;
     the cascade head stays plain (its rejection is invariant to the scale of each w_k).
+    The initial weights depend on ``seed`` only (``kexue.seeding``).
     """
+    seeds = SeedStream((seed, 2))
     h, w, _ = image_shape
     k = _halvings(h, w)
 
     def conv(filters: int, size: int, strides: int) -> keras.layers.Layer:
-        layer = keras.layers.Conv2D(filters, size, strides=strides, padding="same")
+        layer = keras.layers.Conv2D(filters, size, strides=strides, padding="same", kernel_initializer=seeds.glorot_uniform())
         return keras.layers.SpectralNormalization(layer) if spectral_norm else layer
 
     x_in = keras.Input(image_shape, name="image")
@@ -121,8 +127,10 @@ def make_discriminator(
     x = conv(filters, 3, 1)(x)
     x = keras.layers.LeakyReLU(0.2)(x)
     v = keras.layers.Flatten(name="v")(x)
-    scores = CascadingRejection(cascades, name="cascading_rejection")(v)
-    return keras.Model(x_in, scores, name="discriminator")
+    scores = CascadingRejection(cascades, kernel_initializer=seeds.glorot_uniform(), name="cascading_rejection")(v)
+    model = keras.Model(x_in, scores, name="discriminator")
+    seeds.seed_spectral_norms(model)
+    return model
 
 
 # --------------------------------------------------------------------------- GAN model
@@ -238,11 +246,12 @@ def build_gan(image_shape: tuple[int, int, int], params: dict[str, Any], steps_p
     ``steps_per_execution`` train steps run inside one ``tf.function`` call of ``fit``.
     """
     p = {**DEFAULT_PARAMS, **params}
-    keras.utils.set_random_seed(int(p["seed"]))  # weight initialisers
+    seed = int(p["seed"])
+    keras.utils.set_random_seed(seed)  # NumPy/TF global seeds, for anything not seeded explicitly
     gan = CascadeGAN(
-        make_generator(image_shape, p["latent_dim"], p["width"]),
-        make_discriminator(image_shape, p["cascades"], p["width"], p["spectral_norm"]),
-        seed=int(p["seed"]),
+        make_generator(image_shape, p["latent_dim"], p["width"], seed=seed),
+        make_discriminator(image_shape, p["cascades"], p["width"], p["spectral_norm"], seed=seed),
+        seed=seed,
     )
     gan.compile(build_optimizer(p["d_optimizer"]), build_optimizer(p["g_optimizer"]),
                 loss=p["loss"], cascade_weights=p["cascade_weights"], steps_per_execution=steps_per_execution)

@@ -45,6 +45,7 @@ from sklearn.model_selection import train_test_split
 
 from kexue.artifacts import atomic_path, write_text_atomic
 from kexue.images import image_grid
+from kexue.seeding import SeedStream
 
 FEATURE_LAYER = "features"
 METRIC_KEYS = ("fid", "kid", "kid_std", "inception_score", "precision", "recall")
@@ -52,7 +53,7 @@ METRIC_KEYS = ("fid", "kid", "kid_std", "inception_score", "precision", "recall"
 
 # --------------------------------------------------------------------------- feature net
 
-def build_feature_model(input_shape: tuple[int, int, int], n_classes: int) -> keras.Model:
+def build_feature_model(input_shape: tuple[int, int, int], n_classes: int, seed: int = 0) -> keras.Model:
     """Small CNN classifier whose penultimate Dense layer (named ``features``) is the embedding.
 
     Why this shape: conv + 2×2 max-pool stages until the map is at most 4×4 (one stage for
@@ -61,18 +62,19 @@ def build_feature_model(input_shape: tuple[int, int, int], n_classes: int) -> ke
     """
     if n_classes < 2:
         raise ValueError(f"n_classes must be >= 2, got {n_classes}")
+    seeds = SeedStream((seed, 3))  # initial weights and dropout masks depend on seed only
     height, width, _ = input_shape
     n_down = max(0, math.ceil(math.log2(min(height, width) / 4)))
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
     for i in range(n_down):
-        x = keras.layers.Conv2D(32 * 2**i, 3, padding="same", activation="relu")(x)
+        x = keras.layers.Conv2D(32 * 2**i, 3, padding="same", activation="relu", kernel_initializer=seeds.glorot_uniform())(x)
         x = keras.layers.MaxPooling2D(2)(x)
-    x = keras.layers.Conv2D(32 * 2**n_down, 3, padding="same", activation="relu")(x)
+    x = keras.layers.Conv2D(32 * 2**n_down, 3, padding="same", activation="relu", kernel_initializer=seeds.glorot_uniform())(x)
     x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(128, activation="relu", name=FEATURE_LAYER)(x)
-    x = keras.layers.Dropout(0.3)(x)
-    outputs = keras.layers.Dense(n_classes, activation="softmax", name="probs")(x)
+    x = keras.layers.Dense(128, activation="relu", name=FEATURE_LAYER, kernel_initializer=seeds.glorot_uniform())(x)
+    x = keras.layers.Dropout(0.3, seed=seeds())(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name="probs", kernel_initializer=seeds.glorot_uniform())(x)
     return keras.Model(inputs, outputs, name="feature_classifier")
 
 
@@ -91,8 +93,9 @@ def train_feature_model(
 
     ``y`` are integer class labels; without them k-means pseudo-labels are used (see the
     module docstring). A stratified ``test_fraction`` is held out to report accuracy.
-    Deterministic for a seed when TF runs single-threaded (``keras.utils.set_random_seed``
-    seeds Python, NumPy and TF; the split and k-means take ``seed`` too).
+    Deterministic for a seed when TF runs single-threaded: the initial weights and dropout
+    masks come from ``seed`` alone (``kexue.seeding``), ``keras.utils.set_random_seed`` seeds
+    the shuffling, and the split and k-means take ``seed`` too.
 
     Returns the trained model and ``info`` with ``held_out_accuracy``,
     ``label_source`` ("labels" | "kmeans"), ``n_classes``, ``n_train``, ``n_test``, ``seed``.
@@ -112,7 +115,7 @@ def train_feature_model(
         x, y, test_size=test_fraction, random_state=seed, stratify=y
     )
     keras.utils.set_random_seed(seed)
-    model = build_feature_model(x.shape[1:], len(classes))
+    model = build_feature_model(x.shape[1:], len(classes), seed=seed)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss="sparse_categorical_crossentropy",

@@ -23,7 +23,6 @@ import inspect
 import json
 import logging
 import os
-import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path

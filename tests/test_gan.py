@@ -5,6 +5,8 @@ os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")  # before TensorFlow starts
 os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 import json
+import random
+import threading
 from pathlib import Path
 
 import keras
@@ -15,6 +17,7 @@ from PIL import Image
 
 from kexue.cascading import CascadingRejection, cascade
 from kexue.gan import CascadeGAN, _d_loss_terms, _g_loss_terms, build_gan, make_discriminator, train_gan
+from kexue.gan_eval import build_feature_model
 from kexue.images import load_images, write_images
 
 # --------------------------------------------------------------------------- cascading rejection
@@ -122,13 +125,41 @@ def test_gan_rejects_bad_loss_and_weights():
         build_gan((8, 8, 1), {"cascades": 2, "width": 8, "cascade_weights": [1.0]})
 
 
+def test_initial_weights_depend_on_the_seed_only_even_while_other_threads_use_random():
+    """Keras draws unseeded initializers' seeds from the global `random`, which Prefect and Dask
+    threads also use; our models seed every initializer, Dropout and spectral-norm vector."""
+    stop = threading.Event()
+
+    def draw_from_global_random():
+        while not stop.is_set():
+            random.random()
+
+    def weights():
+        gan = build_gan((8, 8, 1), {**TINY, "spectral_norm": True})
+        features = build_feature_model((8, 8, 1), 10, seed=3)
+        return [*gan.generator.get_weights(), *gan.discriminator.get_weights(), *features.get_weights()]
+
+    first = weights()
+    thread = threading.Thread(target=draw_from_global_random, daemon=True)
+    thread.start()
+    try:
+        second = weights()
+    finally:
+        stop.set()
+        thread.join()
+    assert len(first) == len(second)
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    other = build_gan((8, 8, 1), {**TINY, "spectral_norm": True, "seed": 4})
+    assert not np.array_equal(other.generator.get_weights()[0], first[0])
+
+
 # --------------------------------------------------------------------------- training + resume
 
-# SGD with momentum, not Adam: Adam's first steps are sign-SGD, so a last-bit float
-# difference in a near-zero gradient (TensorFlow promises no bitwise reproducibility across
-# kernels) becomes a whole learning-rate step and the resumed-vs-straight comparison below
-# flakes. With SGD such noise stays ~1e-7, while forgetting to restore the D or G optimizer
-# state or the noise RNG moves the generator by 7e-3 to 8e-2 (measured), far above atol.
+# SGD with momentum gives the resumed-vs-straight comparison below a clear margin: a float
+# rounding difference stays ~1e-7, while forgetting to restore the D or G optimizer state or
+# the noise RNG moves the generator by 7e-3 to 8e-2 (measured). Adam's first steps are close
+# to sign-SGD and would turn any rounding difference into whole learning-rate steps.
 _SGD = {"name": "sgd", "learning_rate": 0.02, "momentum": 0.9}
 TINY = {"cascades": 2, "width": 8, "latent_dim": 8, "batch_size": 32, "eval_every": 8,
         "eval_samples": 64, "grid": 4, "seed": 3, "d_optimizer": _SGD,
