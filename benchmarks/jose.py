@@ -1,6 +1,6 @@
 """Benchmark: our JoSE stage against the reference C implementation, same corpus and settings.
 
-    python benchmarks/jose.py --reference-src /path/to/Spherical-Text-Embedding/src [--k 1] [--epochs 5]
+    python benchmarks/jose.py --reference-src /path/to/Spherical-Text-Embedding/src [--k 1] [--epochs 10]
 
 Builds the corpus from the built-in data (People's Daily + reviews, segmented with rjieba,
 whitespace tokens dropped) as a tokens partition + vocabulary Parquet, and as one document
@@ -100,7 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference-src", required=False, help="folder with the reference jose.c and makefile")
     parser.add_argument("--k", type=int, default=1, help="replicate the corpus k times")
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workdir", default=None, help="keep the work files here (default: a temp dir)")
     parser.add_argument("--params", default="{}", help="extra JSON params for our stage (e.g. batch_size)")
