@@ -246,8 +246,7 @@ def build_gan(image_shape: tuple[int, int, int], params: dict[str, Any], steps_p
     ``steps_per_execution`` train steps run inside one ``tf.function`` call of ``fit``.
     """
     p = {**DEFAULT_PARAMS, **params}
-    seed = int(p["seed"])
-    keras.utils.set_random_seed(seed)  # NumPy/TF global seeds, for anything not seeded explicitly
+    seed = int(p["seed"])  # every random draw below is seeded from it explicitly: no global reseeding
     gan = CascadeGAN(
         make_generator(image_shape, p["latent_dim"], p["width"], seed=seed),
         make_discriminator(image_shape, p["cascades"], p["width"], p["spectral_norm"], seed=seed),

@@ -17,7 +17,6 @@ so in the log and in the manifest's ``repaired`` metric.
 from __future__ import annotations
 
 import functools
-import importlib
 import importlib.util
 import inspect
 import json
