@@ -1,10 +1,10 @@
 """Cascading Rejection vs the plain discriminator on builtin:digits, over several seeds.
 
 Trains every variant (``cr1`` = baseline N = 1, ``cr2``, ``cr4``) for every seed with
-``kexue.gan.train_gan`` (its default params unless ``--steps`` is given), two runs at a time
+``kexue.gan.train.train_gan`` (its default params unless ``--steps`` is given), two runs at a time
 in separate single-threaded processes, tracks FID (and KID, IS, precision/recall) over
-training with ``kexue.gan_eval.make_eval_fn``, and compares the variants with
-``kexue.gan_eval.compare_variants`` (mean ± std, Welch's t-test vs the baseline).
+training with ``kexue.gan.eval.metrics.make_eval_fn``, and compares the variants with
+``kexue.gan.eval.metrics.compare_variants`` (mean ± std, Welch's t-test vs the baseline).
 
 ``--budgets 3000 6000 12000`` repeats the study at growing step budgets; runs are resumed
 from their checkpoints, so a larger budget extends the smaller one (train_gan's batch order
@@ -41,8 +41,8 @@ import numpy as np
 
 def prepare(out: Path, seed: int) -> dict[str, Any]:
     """Write the digits as .npy, train and save the feature net, and measure sanity FIDs."""
-    from kexue import gan_eval
-    from kexue.images import write_images
+    from kexue.gan.eval import metrics as gan_eval
+    from kexue.gan.data import write_images
 
     data = write_images("builtin:digits", out / "data")
     x = np.load(data["files"]["images"])
@@ -66,8 +66,8 @@ def prepare(out: Path, seed: int) -> dict[str, Any]:
 
 def train_one(images: str, feature_model: str, run_dir: str, params: dict[str, Any]) -> dict[str, Any]:
     """One (variant, seed) run in a worker process: the record compare_variants reads."""
-    from kexue import gan_eval
-    from kexue.gan import train_gan
+    from kexue.gan.eval import metrics as gan_eval
+    from kexue.gan.train import train_gan
 
     x = np.load(images)
     eval_fn = gan_eval.make_eval_fn(x, gan_eval.load_feature_model(feature_model))
@@ -103,7 +103,7 @@ def fid_curves(records: list[dict[str, Any]]) -> dict[str, dict[str, list[float]
 
 
 def study(args: argparse.Namespace, setup: dict[str, Any], budget: int | None) -> dict[str, Any]:
-    from kexue import gan_eval
+    from kexue.gan.eval import metrics as gan_eval
 
     runs_dir = Path(args.out) / "runs"
     jobs = []
@@ -140,7 +140,7 @@ def study(args: argparse.Namespace, setup: dict[str, Any], budget: int | None) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    from kexue.artifacts import write_json_atomic
+    from kexue.core.artifacts import write_json_atomic
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5)

@@ -10,7 +10,7 @@
 3. LFR table: NMI against the planted partition for Infomap and networkx Louvain at
    μ = 0.1, 0.3, 0.5 (n = 1000, average degree 15, seeds 1-3).
 
-Tokenising (rjieba, once) and writing the Parquet inputs (vocabulary via kexue.count) happen
+Tokenising (rjieba, once) and writing the Parquet inputs (vocabulary via kexue.text.count) happen
 before any timing. The machine is shared: the load average is recorded, and each build is
 timed ``--repeats`` times (best reported, all listed).
 
@@ -32,10 +32,10 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from kexue.communities import community_params, detect_communities, lfr_nmi
-from kexue.cooccurrence import build_graph, graph_params, partition_cooccurrence, select_vocabulary, sum_counts
-from kexue.corpora import peoples_daily
-from kexue.count import count_partition, merge_partials, vocabulary
+from kexue.graph.communities import community_params, detect_communities, lfr_nmi
+from kexue.graph.cooccurrence import build_graph, graph_params, partition_cooccurrence, select_vocabulary, sum_counts
+from kexue.text.corpora import peoples_daily
+from kexue.text.count import count_partition, merge_partials, vocabulary
 
 
 def peak_rss_mb() -> float:

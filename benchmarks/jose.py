@@ -9,7 +9,7 @@ per line, space-separated, for the reference. Copies ``jose.c`` + ``makefile`` f
 never copied into the repository). Runs each implementation as a child process (2 threads,
 identical hyper-parameters), measuring wall seconds and the child's peak RSS
 (``getrusage(RUSAGE_CHILDREN).ru_maxrss`` of a fresh launcher per run), then evaluates both
-outputs identically (kexue.embedding_eval) and prints one JSON object. ``--k`` replicates
+outputs identically (kexue.embed.evaluate) and prints one JSON object. ``--k`` replicates
 every document k times (new doc ids) to see how time and memory grow.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ def build_corpus(work: Path, k: int) -> dict:
     """Tokens Parquet + vocabulary Parquet + reference text file for the built-in corpus × k."""
     import rjieba
 
-    from kexue.corpora import peoples_daily, reviews, stopwords
+    from kexue.text.corpora import peoples_daily, reviews, stopwords
 
     rows = []
     for name, records in (("builtin:peoples-daily-1998", peoples_daily()), ("builtin:reviews", reviews())):
@@ -77,7 +77,7 @@ def measured(cmd: list[str], env: dict | None = None) -> dict:
 
 def run_ours(work: Path, params: dict) -> None:
     """Child-process entry: our stage, training + writing vectors (evaluation done outside)."""
-    from kexue.jose import train_jose_stage
+    from kexue.embed.jose import train_jose_stage
 
     result = train_jose_stage([str(work / "tokens-00000.parquet")], str(work / "vocab.parquet"), str(work / "ours"),
                               params, str(work / "ours-checkpoints"), evaluate_vectors=False)
@@ -85,7 +85,7 @@ def run_ours(work: Path, params: dict) -> None:
 
 
 def evaluate_outputs(words: list[str], u: np.ndarray, d: np.ndarray, work: Path, probes: list[str], seed: int) -> dict:
-    from kexue.embedding_eval import angle_statistics, document_classification, nearest_neighbours
+    from kexue.embed.evaluate import angle_statistics, document_classification, nearest_neighbours
 
     docs = pd.read_parquet(work / "tokens-00000.parquet")
     labelled = np.flatnonzero(docs["label"].notna().to_numpy() & (docs["source"] == "builtin:reviews").to_numpy())
@@ -110,7 +110,7 @@ def main() -> None:
         run_ours(Path(args.run_ours), json.loads(args.params))
         return
 
-    from kexue.word2vec import read_word2vec
+    from kexue.embed.word2vec import read_word2vec
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="jose-bench-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def corpus(k: int) -> list[str]:
-    from kexue.corpora import peoples_daily
+    from kexue.text.corpora import peoples_daily
 
     texts = [r.text for r in peoples_daily() if r.text.strip()]
     return texts * k

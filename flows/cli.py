@@ -16,14 +16,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything imports Te
 import typer
 from rich.console import Console
 
-from kexue.config import ConfigError
+from kexue.core.errors import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True, soft_wrap=True)
 
 
 def _load(config: str, profile: str, overrides: list[str]):
-    from kexue.params import load
+    from kexue.core.registry import load
 
     try:
         return load(config, profile, overrides)
@@ -78,7 +78,7 @@ def check(
 ) -> None:
     """Validate pipeline.yaml and a profile without running anything."""
     cfg = _load(config, profile, list(set_ or []))
-    from kexue.dag import check_dag
+    from kexue.core.dag import check_dag
 
     order = check_dag({n: s.inputs for n, s in cfg.pipeline.stages.items()}, cfg.pipeline_path)
     console.print(f"[green]ok[/green]: {len(order)} stages in order: {', '.join(order)}")

@@ -23,11 +23,11 @@ from prefect.context import get_run_context
 
 from flows import publish, runtime
 from flows.stages import RUNNERS, StageContext, summarize_files
-from kexue.artifacts import Manifest, write_bytes_atomic, write_json_atomic
-from kexue.config import Config
-from kexue.dag import check_dag, with_upstream
+from kexue.core.artifacts import Manifest, write_bytes_atomic, write_json_atomic
+from kexue.core.config import Config
+from kexue.core.dag import check_dag, with_upstream
 from kexue.report import write_report
-from kexue import params as kparams
+from kexue.core import registry as kparams
 from tasks.caching import Store
 
 
@@ -151,7 +151,7 @@ def pipeline(config: str = "pipeline.yaml", profile: str = "local", overrides: l
     wanted = stages_to_run or [n for n, s in cfg.pipeline.stages.items() if s.enabled]
     unknown = [s for s in wanted if s not in inputs]
     if unknown:
-        from kexue.config import ConfigError, did_you_mean
+        from kexue.core.errors import ConfigError, did_you_mean
 
         raise ConfigError(f"--stages: unknown stage {unknown[0]!r}" + did_you_mean(unknown[0], inputs))
     selected = sorted(with_upstream(inputs, wanted))

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from kexue.config import Config, DaskSpec
+from kexue.core.config import Config, DaskSpec
 
 
 def prefect_environment(data_dir: Path, logging_level: str = "WARNING") -> dict[str, str]:
@@ -111,7 +111,7 @@ def result_storage(path: Path) -> str:
     """
     from prefect.filesystems import LocalFileSystem
 
-    from kexue.artifacts import sha256_text
+    from kexue.core.artifacts import sha256_text
 
     name = "kexue-results-" + sha256_text(str(path.resolve()))[:16]
     LocalFileSystem(basepath=str(path.resolve())).save(name, overwrite=True)

@@ -12,11 +12,11 @@ from typing import Any, Callable
 from prefect import unmapped
 from prefect.futures import PrefectFuture, as_completed
 
-from kexue.artifacts import Manifest
-from kexue.images_source import image_source_fingerprint
-from kexue.tokenize import prf
+from kexue.core.artifacts import Manifest
+from kexue.gan.data import image_source_fingerprint
+from kexue.text.tokenize import prf
 from tasks.caching import Store
-from kexue.gan_params import GanTrainParams
+from kexue.gan.params import GanTrainParams
 from tasks.gan import feature_net_task, gan_eval_task, gan_run_task, images_task
 from tasks.jose import jose_task
 from tasks.jose import previous_output as previous_jose_output

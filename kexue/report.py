@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from kexue.artifacts import write_text_atomic
+from kexue.core.artifacts import write_text_atomic
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Noto Sans CJK SC","WenQuanYi Zen Hei",sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}

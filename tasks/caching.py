@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from prefect import task
 
-from kexue.artifacts import FileRef, Manifest, sha256_file, sha256_text, stable_json, write_json_atomic
+from kexue.core.artifacts import FileRef, Manifest, sha256_file, sha256_text, stable_json, write_json_atomic
 
 log = logging.getLogger("kexue.cache")
 
@@ -69,7 +69,7 @@ def fingerprint(value: Any) -> str:
 def code_version(*module_names: str) -> str:
     """Hash of the source files of the given modules."""
     parts = []
-    for name in module_names:  # located, not imported: hashing kexue.jose must not start TensorFlow
+    for name in module_names:  # located, not imported: hashing kexue.embed.jose must not start TensorFlow
         spec = importlib.util.find_spec(name)
         if spec is None or not spec.origin:
             raise ModuleNotFoundError(f"code_version: no source file for module {name!r}")

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from kexue.artifacts import FileRef, Manifest, sha256_text, stable_json
+from kexue.core.artifacts import FileRef, Manifest, sha256_text, stable_json
 from tasks.caching import Store, kexue_task
 
 
@@ -26,9 +26,9 @@ def _single_threaded_tf() -> None:
         pass
 
 
-@kexue_task("images", code=("kexue.images",))
+@kexue_task("images", code=("kexue.gan.data",))
 def images_task(store: Store, params: dict[str, Any], source_fingerprint: str) -> Manifest:
-    from kexue.images import write_images
+    from kexue.gan.data import write_images
 
     out = store.stage_dir("images", sha256_text(stable_json(params), source_fingerprint))
     source = params["source"]
@@ -37,10 +37,10 @@ def images_task(store: Store, params: dict[str, Any], source_fingerprint: str) -
     return Manifest.of_result("images", write_images(source, out, params["size"]))
 
 
-@kexue_task("feature-net", code=("kexue.gan_eval",))
+@kexue_task("feature-net", code=("kexue.gan.eval.metrics",))
 def feature_net_task(store: Store, images: Manifest, params: dict[str, Any]) -> Manifest:
     """The classifier whose features FID, KID, IS and precision/recall are measured in."""
-    from kexue.gan_eval import save_feature_model, train_feature_model
+    from kexue.gan.eval.metrics import save_feature_model, train_feature_model
 
     _single_threaded_tf()
     x = np.load(images.files["images"].path)
@@ -51,11 +51,11 @@ def feature_net_task(store: Store, images: Manifest, params: dict[str, Any]) -> 
     return Manifest(stage="feature-net", files={"model": FileRef.of(path)}, metrics=info)
 
 
-@kexue_task("gan-run", code=("kexue.gan", "kexue.cascading", "kexue.gan_eval", "kexue.optim.factory"), retries=0)
+@kexue_task("gan-run", code=("kexue.gan.train", "kexue.gan.cascading", "kexue.gan.eval.metrics", "kexue.optim.factory"), retries=0)
 def gan_run_task(store: Store, images: Manifest, feature_net: Manifest, variant: str, params: dict[str, Any]) -> Manifest:
     """Train one variant for one seed, tracking FID over training; resumable per epoch."""
-    from kexue.gan import train_gan
-    from kexue.gan_eval import load_feature_model, make_eval_fn
+    from kexue.gan.train import train_gan
+    from kexue.gan.eval.metrics import load_feature_model, make_eval_fn
 
     _single_threaded_tf()
     key = sha256_text(images.fingerprint(), feature_net.fingerprint(), variant, stable_json(params))
@@ -68,10 +68,10 @@ def gan_run_task(store: Store, images: Manifest, feature_net: Manifest, variant:
     return Manifest.of_result("gan-run", result)
 
 
-@kexue_task("gan-eval", code=("kexue.gan_eval",))
+@kexue_task("gan-eval", code=("kexue.gan.eval.metrics",))
 def gan_eval_task(store: Store, gan: Manifest, params: dict[str, Any]) -> Manifest:
     """Every variant × seed: final/best FID, KID, IS, precision/recall; Welch's t-test vs baseline."""
-    from kexue.gan_eval import compare_variants
+    from kexue.gan.eval.metrics import compare_variants
 
     records, samples = [], {}
     for name, ref in sorted(gan.files.items()):  # "<variant>/s<seed>/history"

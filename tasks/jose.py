@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import get_run_logger
 
-from kexue.artifacts import FileRef, Manifest, sha256_text, stable_json, write_json_atomic
+from kexue.core.artifacts import FileRef, Manifest, sha256_text, stable_json, write_json_atomic
 from tasks.caching import Store, kexue_task
 
 STAGE_KEYS = ("warm_start",)  # stage-level params; the rest are JoseConfig fields
@@ -22,7 +22,7 @@ def previous_output(store: Store) -> Manifest | None:
     return None if manifest.problems() else manifest
 
 
-@kexue_task("jose", code=("kexue.jose", "kexue.jose_params", "kexue.word2vec", "kexue.embedding_eval"), retries=0)
+@kexue_task("jose", code=("kexue.embed.jose", "kexue.embed.params", "kexue.embed.word2vec", "kexue.embed.evaluate"), retries=0)
 def jose_task(store: Store, tokens: Manifest, vocabulary: FileRef, params: dict[str, Any],
               warm_from: Manifest | None = None) -> Manifest:
     """Train JoSE on the tokens partitions. Checkpoints live in a folder keyed by the inputs,
@@ -39,7 +39,7 @@ def jose_task(store: Store, tokens: Manifest, vocabulary: FileRef, params: dict[
 
     config = {k: v for k, v in params.items() if k not in STAGE_KEYS}
     warm_dir = str(Path(warm_from.files["u"].path).parent) if warm_from else None
-    from kexue.jose import train_jose_stage  # TensorFlow: imported by the JoSE task only, not by every worker
+    from kexue.embed.jose import train_jose_stage  # TensorFlow: imported by the JoSE task only, not by every worker
 
     result = train_jose_stage([p.path for p in tokens.partitions], vocabulary.path, str(out), config,
                               str(checkpoints), warm_start_dir=warm_dir, progress=progress)

@@ -12,15 +12,15 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from kexue import count as kcount
-from kexue import tokenize as ktok
-from kexue.artifacts import FileRef, Manifest, save_content_addressed, sha256_text, stable_json, write_json_atomic
-from kexue.ingest import ingest as run_ingest
-from kexue.sources import SourceSpec
+from kexue.text import count as kcount
+from kexue.text import tokenize as ktok
+from kexue.core.artifacts import FileRef, Manifest, save_content_addressed, sha256_text, stable_json, write_json_atomic
+from kexue.text.ingest import ingest as run_ingest
+from kexue.text.sources import SourceSpec
 from tasks.caching import Store, kexue_task
 
 
-@kexue_task("ingest", code=("kexue.ingest", "kexue.sources", "kexue.corpora"))
+@kexue_task("ingest", code=("kexue.text.ingest", "kexue.text.sources", "kexue.text.corpora"))
 def ingest_task(store: Store, params: dict[str, Any], source_fingerprints: list[str]) -> Manifest:
     """All sources → partitions. ``source_fingerprints`` (content hashes) make the cache key."""
     out = store.stage_dir("ingest", sha256_text(stable_json(params), *source_fingerprints))
@@ -34,26 +34,26 @@ def ingest_task(store: Store, params: dict[str, Any], source_fingerprints: list[
     )
 
 
-@kexue_task("tokenize-partition", code=("kexue.tokenize",))
+@kexue_task("tokenize-partition", code=("kexue.text.tokenize",))
 def tokenize_partition_task(store: Store, partition: FileRef, params: dict[str, Any]) -> Manifest:
     table, stats = ktok.tokenize_partition(partition.path, params)
     ref = save_content_addressed(store.stage_dir("tokenize") / "partitions", ".parquet", lambda t: pq.write_table(table, t))
     return Manifest(stage="tokenize", partitions=[ref], metrics=stats)
 
 
-@kexue_task("count-partition", code=("kexue.count",))
+@kexue_task("count-partition", code=("kexue.text.count",))
 def count_partition_task(store: Store, tokens: FileRef, batch_docs: int) -> FileRef:
     frame = kcount.count_partition(tokens.path, batch_docs)
     return save_content_addressed(store.stage_dir("count") / "partials", ".parquet", lambda t: frame.to_parquet(t, index=False))
 
 
-@kexue_task("count-merge", code=("kexue.count",))
+@kexue_task("count-merge", code=("kexue.text.count",))
 def merge_counts_task(store: Store, partials: list[FileRef]) -> FileRef:
     frame = kcount.merge_partials([pd.read_parquet(p.path) for p in partials])
     return save_content_addressed(store.stage_dir("count") / "partials", ".parquet", lambda t: frame.to_parquet(t, index=False))
 
 
-@kexue_task("vocabulary", code=("kexue.count", "kexue.corpora"))
+@kexue_task("vocabulary", code=("kexue.text.count", "kexue.text.corpora"))
 def vocabulary_task(store: Store, total: FileRef) -> Manifest:
     vocab = kcount.vocabulary(pd.read_parquet(total.path))
     ref = save_content_addressed(store.stage_dir("count") / "vocabulary", ".parquet", lambda t: vocab.to_parquet(t, index=False))
@@ -64,6 +64,6 @@ def vocabulary_task(store: Store, total: FileRef) -> Manifest:
 
 def source_fingerprints(params: dict[str, Any], base_dir: str) -> list[str]:
     """Content hashes of the configured sources (computed where the flow runs)."""
-    from kexue.sources import source_fingerprint
+    from kexue.text.sources import source_fingerprint
 
     return [source_fingerprint(SourceSpec.model_validate(s), Path(base_dir)) for s in params["sources"]]

@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 from sklearn.metrics import normalized_mutual_info_score
 
-from kexue.communities import (
+from kexue.graph.communities import (
     community_params,
     detect_communities,
     infomap_network,
@@ -22,8 +22,8 @@ from kexue.communities import (
     read_tree,
     run_infomap,
 )
-from kexue.cooccurrence import build_graph, partition_cooccurrence
-from kexue.graph_io import write_graph
+from kexue.graph.cooccurrence import build_graph, partition_cooccurrence
+from kexue.graph.io import write_graph
 from test_cooccurrence import write_corpus
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kexue.config import ConfigError
-from kexue.params import load
+from kexue.core.config import ConfigError
+from kexue.core.registry import load
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 
-from kexue.cooccurrence import (
+from kexue.graph.cooccurrence import (
     GraphParams,
     build_graph,
     cooccurrence_edges,
@@ -26,7 +26,7 @@ from kexue.cooccurrence import (
     top_k_edges,
     weight_matrix,
 )
-from kexue.graph_io import read_graph
+from kexue.graph.io import read_graph
 
 STOP = {"的", "了"}
 PUNCT = {"，", "。"}

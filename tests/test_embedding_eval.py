@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from kexue.embedding_eval import angle_statistics, document_classification, nearest_neighbours, plot_angle_histogram
+from kexue.embed.evaluate import angle_statistics, document_classification, nearest_neighbours, plot_angle_histogram
 
 
 def test_nearest_neighbours_ranks_by_cosine_and_skips_missing_probes():

@@ -15,10 +15,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from kexue.cascading import CascadingRejection, cascade
-from kexue.gan import CascadeGAN, _d_loss_terms, _g_loss_terms, build_gan, make_discriminator, train_gan
-from kexue.gan_eval import build_feature_model
-from kexue.images import load_images, write_images
+from kexue.gan.cascading import CascadingRejection, cascade
+from kexue.gan.train import CascadeGAN, _d_loss_terms, _g_loss_terms, build_gan, make_discriminator, train_gan
+from kexue.gan.eval.metrics import build_feature_model
+from kexue.gan.data import load_images, write_images
 
 # --------------------------------------------------------------------------- cascading rejection
 

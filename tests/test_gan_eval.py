@@ -15,7 +15,7 @@ import scipy.stats
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from kexue import gan_eval
+from kexue.gan.eval import metrics as gan_eval
 
 NOISE_LEVELS = (0.0, 0.1, 0.2, 0.4, 0.8)
 

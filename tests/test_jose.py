@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from kexue.embedding_eval import angle_statistics, theoretical_angle_moments
-from kexue.jose import (
+from kexue.embed.evaluate import angle_statistics, theoretical_angle_moments
+from kexue.embed.jose import (
     Block, JoseConfig, JoseModel, TupleSampler, load_corpus, random_unit_rows, spherical_hinge_step,
     train_jose, train_jose_stage, warm_start_rows,
 )
-from kexue.word2vec import read_word2vec, write_word2vec
+from kexue.embed.word2vec import read_word2vec, write_word2vec
 
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)

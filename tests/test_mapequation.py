@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from kexue.communities import infomap_network, run_infomap
-from kexue.mapequation import codelength, directed_flow, undirected_flow
+from kexue.graph.communities import infomap_network, run_infomap
+from kexue.graph.mapequation import codelength, directed_flow, undirected_flow
 
 TOL = 1e-6  # bits; observed agreement is ~1e-13
 

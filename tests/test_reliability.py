@@ -120,7 +120,7 @@ def test_killed_worker_mid_tokenisation_still_gives_exact_counts(tmp_path, prefe
         tok = next(s for s in summary["stages"] if s["name"] == "tokenize")
         assert "survivor" in tok["metrics"]["workers"]
         # identical to an undisturbed computation of the same partitions
-        from kexue.tokenize import tokenize_partition
+        from kexue.text.tokenize import tokenize_partition
 
         ing = next(s for s in summary["stages"] if s["name"] == "ingest")
         expected = Counter()
@@ -163,7 +163,7 @@ def test_two_concurrent_runs_on_the_same_data_folder(project):
     runs = [json.loads(p.read_text()) for p in (project.data / "runs").glob("2*/summary.json")]
     assert len(runs) == 2 and all(r["status"] == "completed" for r in runs)
     # every artifact either run recorded is complete and matches its hash; no temp file left visible
-    from kexue.artifacts import sha256_file
+    from kexue.core.artifacts import sha256_file
 
     for index in (project.data / "cache" / "index").glob("*.json"):
         entry = json.loads(index.read_text())
@@ -188,7 +188,7 @@ def test_security_basics():
                 pytest.fail(f"{path}: yaml.{node.attr} (use yaml.safe_load)")
             if isinstance(node, ast.keyword) and node.arg == "safe_mode":
                 assert not (isinstance(node.value, ast.Constant) and node.value.value is False), f"{path}: safe_mode=False"
-    from kexue.config import DaskSpec
+    from kexue.core.config import DaskSpec
 
     assert DaskSpec().dashboard_address.startswith("127.0.0.1:")
     from flows.runtime import task_runner

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from kexue.ingest import ingest
-from kexue.sources import SourceSpec, read_source, Doc, Rejected
+from kexue.text.ingest import ingest
+from kexue.text.sources import SourceSpec, read_source, Doc, Rejected
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + os.urandom(64)
 

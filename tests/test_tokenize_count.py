@@ -7,9 +7,9 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from kexue import count as kcount
-from kexue.corpora import peoples_daily
-from kexue.tokenize import TokenizeParams, effective_backend, make_segmenter, prf, segmentation_counts, tokenize_partition
+from kexue.text import count as kcount
+from kexue.text.corpora import peoples_daily
+from kexue.text.tokenize import TokenizeParams, effective_backend, make_segmenter, prf, segmentation_counts, tokenize_partition
 
 
 def test_rjieba_equals_jieba_on_the_whole_peoples_daily_corpus():

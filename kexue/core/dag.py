@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from graphlib import CycleError, TopologicalSorter
 
+from kexue.core.errors import ConfigError, did_you_mean
+
 
 def check_dag(inputs: dict[str, list[str]], where: str = "pipeline") -> list[str]:
     """Validate ``{stage: [upstream stages]}`` and return a topological order.
 
     Raises ValueError naming the stage and the bad input (with a did-you-mean suggestion).
     """
-    from kexue.config import ConfigError, did_you_mean
-
     for stage, ups in inputs.items():
         seen = set()
         for up in ups:

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from kexue.artifacts import atomic_path
+from kexue.core.artifacts import atomic_path
 
 
 def nearest_neighbours(vectors: np.ndarray, words: Sequence[str], probes: Sequence[str], k: int = 10) -> dict[str, list[list]]:

@@ -9,15 +9,15 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from kexue.config import Config, ConfigError, ParamValidator, did_you_mean, load_config, validator_for
-from kexue.communities import CommunityParams
-from kexue.cooccurrence import GraphParams
-from kexue.count import CountParams
-from kexue.gan_params import GanEvalParams, GanTrainParams, ImagesParams
-from kexue.ingest import IngestParams
-from kexue.jose_params import JoseConfig
-from kexue.sources import SourceSpec
-from kexue.tokenize import TokenizeParams
+from kexue.core.config import Config, ConfigError, ParamValidator, did_you_mean, load_config, validator_for
+from kexue.graph.communities import CommunityParams
+from kexue.graph.cooccurrence import GraphParams
+from kexue.text.count import CountParams
+from kexue.gan.params import GanEvalParams, GanTrainParams, ImagesParams
+from kexue.text.ingest import IngestParams
+from kexue.embed.params import JoseConfig
+from kexue.text.sources import SourceSpec
+from kexue.text.tokenize import TokenizeParams
 
 JOSE_FIELDS = [f.name for f in dataclasses.fields(JoseConfig)]
 

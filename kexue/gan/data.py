@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kexue.artifacts import save_npy_atomic, write_json_atomic
-from kexue.corpora import BUILTIN_PREFIX
+from kexue.core.artifacts import save_npy_atomic, sha256_text, tree_hashes, write_json_atomic
+from kexue.text.corpora import BUILTIN_PREFIX
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 BUILTIN_SOURCES = ("digits",)
@@ -204,3 +204,15 @@ def _folder(root: str) -> ImageSet:
     x = (np.stack(xs) / 127.5 - 1.0).astype(np.float32) if xs else np.zeros((0, 1, 1, channels), np.float32)
     y = np.asarray(ys, np.int64) if labelled else None
     return ImageSet(x, y, class_names, quarantined)
+
+
+def image_source_fingerprint(source: str, base_dir: str | Path) -> str:
+    """Hash of the bytes an image source would read; built-ins by their package version."""
+    if source.startswith("builtin:"):
+        import sklearn
+
+        return sha256_text(source, sklearn.__version__)
+    path = Path(source) if Path(source).is_absolute() else Path(base_dir) / source
+    if not path.exists():
+        raise FileNotFoundError(f"image source {source!r}: {path} does not exist")
+    return sha256_text(source, *tree_hashes(path))

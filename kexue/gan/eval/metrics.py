@@ -43,9 +43,9 @@ from matplotlib.figure import Figure
 from sklearn.cluster import KMeans
 from sklearn.model_selection import train_test_split
 
-from kexue.artifacts import atomic_path, write_text_atomic
-from kexue.images import image_grid
-from kexue.seeding import SeedStream
+from kexue.core.artifacts import atomic_path, write_text_atomic
+from kexue.gan.data import image_grid
+from kexue.core.seeding import SeedStream
 
 FEATURE_LAYER = "features"
 METRIC_KEYS = ("fid", "kid", "kid_std", "inception_score", "precision", "recall")
@@ -94,7 +94,7 @@ def train_feature_model(
     ``y`` are integer class labels; without them k-means pseudo-labels are used (see the
     module docstring). A stratified ``test_fraction`` is held out to report accuracy.
     Deterministic for a seed when TF runs single-threaded: the initial weights and dropout
-    masks come from ``seed`` alone (``kexue.seeding``), ``keras.utils.set_random_seed`` seeds
+    masks come from ``seed`` alone (``kexue.core.seeding``), ``keras.utils.set_random_seed`` seeds
     the shuffling, and the split and k-means take ``seed`` too.
 
     Returns the trained model and ``info`` with ``held_out_accuracy``,

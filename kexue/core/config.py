@@ -7,21 +7,14 @@ YAML is read with ``yaml.safe_load`` only; config values are data, never evaluat
 from __future__ import annotations
 
 import copy
-import difflib
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-
-class ConfigError(ValueError):
-    """A configuration problem, with the file and the dotted key it concerns."""
-
-
-def did_you_mean(name: str, choices) -> str:
-    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+from kexue.core.dag import check_dag
+from kexue.core.errors import ConfigError, did_you_mean
 
 
 class StrictModel(BaseModel):
@@ -200,8 +193,6 @@ def load_config(
         spec = PipelineSpec.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, str(pipeline_path), PipelineSpec)) from None
-
-    from kexue.dag import check_dag
 
     check_dag({n: s.inputs for n, s in spec.stages.items()}, where=str(pipeline_path))
     validators = validators or {}

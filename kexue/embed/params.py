@@ -1,6 +1,6 @@
 """JoSE's hyper-parameters, without TensorFlow: validated wherever pipeline.yaml loads.
 
-Kept apart from ``kexue.jose`` so checking a config (and every Dask worker that unpickles
+Kept apart from ``kexue.embed.jose`` so checking a config (and every Dask worker that unpickles
 the flow) does not import TensorFlow — seconds and hundreds of MB per process.
 """
 from __future__ import annotations
@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from kexue.artifacts import sha256_text, stable_json
+from kexue.core.artifacts import sha256_text, stable_json
 
 DEFAULT_PROBE_WORDS = ("中国", "经济", "北京", "足球", "银行", "教育")
-STRATEGY_NAMES = ("default", "one_device_cpu")  # kexue.jose.STRATEGIES builds them
+STRATEGY_NAMES = ("default", "one_device_cpu")  # kexue.embed.jose.STRATEGIES builds them
 
 
 # ----------------------------------------------------------------------------- configuration

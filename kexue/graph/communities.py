@@ -4,7 +4,7 @@ Why Infomap: it minimises the map equation — the description length of a rando
 graph — so a word module is a region where the walker (reading along co-occurrences) lingers,
 which is what a topic is. We call the reference implementation (the ``infomap`` package,
 through its ``infomap.run(...) -> Result`` API) and recompute the two-level codelength of its
-partition with ``kexue.mapequation`` as an independent check.
+partition with ``kexue.graph.mapequation`` as an independent check.
 
 Also here: cosine cohesion of modules under word vectors, and the LFR benchmark helper
 (planted partitions, NMI of Infomap vs networkx Louvain).
@@ -23,9 +23,9 @@ import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import normalized_mutual_info_score
 
-from kexue.artifacts import atomic_path, write_json_atomic, write_parquet_atomic
-from kexue.graph_io import PAJEK_FILE, read_graph
-from kexue.mapequation import directed_flow, module_codelength, undirected_flow
+from kexue.core.artifacts import atomic_path, write_json_atomic, write_parquet_atomic
+from kexue.graph.io import PAJEK_FILE, read_graph
+from kexue.graph.mapequation import directed_flow, module_codelength, undirected_flow
 
 MODULES_FILE = "modules.parquet"
 MODULE_TABLE_FILE = "module_table.parquet"
@@ -155,7 +155,7 @@ def detect_communities(
     # and insist that it agrees, which also checks that we model Infomap's walk correctly.
     flow = directed_flow(adjacency) if directed else undirected_flow(adjacency)
     if not np.allclose(table["tree_flow"], flow.node_flow, rtol=1e-4, atol=1e-9):
-        raise RuntimeError("node flow recomputed by kexue.mapequation disagrees with Infomap's")
+        raise RuntimeError("node flow recomputed by kexue.graph.mapequation disagrees with Infomap's")
     table = table.drop(columns="tree_flow")
     table.insert(1, "token", tokens)
     table.insert(3, "flow", flow.node_flow)

@@ -47,8 +47,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import tensorflow as tf
 
-from kexue.artifacts import atomic_path, save_npy_atomic, sha256_text, write_json_atomic, write_parquet_atomic
-from kexue.jose_params import STRATEGY_NAMES, JoseConfig
+from kexue.core.artifacts import atomic_path, save_npy_atomic, sha256_text, write_json_atomic, write_parquet_atomic
+from kexue.embed.params import STRATEGY_NAMES, JoseConfig
 
 RENORM_EVERY = 32  # steps between full renormalisations of the stored rows (see JoseModel)
 
@@ -57,7 +57,7 @@ STRATEGIES: dict[str, Callable[[], tf.distribute.Strategy]] = {
     "default": tf.distribute.get_strategy,
     "one_device_cpu": lambda: tf.distribute.OneDeviceStrategy("/cpu:0"),
 }
-assert set(STRATEGIES) == set(STRATEGY_NAMES), "kexue.jose_params.STRATEGY_NAMES must name every strategy"
+assert set(STRATEGIES) == set(STRATEGY_NAMES), "kexue.embed.params.STRATEGY_NAMES must name every strategy"
 
 
 # ----------------------------------------------------------------------------- corpus
@@ -561,7 +561,7 @@ def _read_warm_start(directory: str | os.PathLike) -> dict[str, tuple[list[str],
 def evaluate(u: np.ndarray, words: list[str], d: np.ndarray, corpus: Corpus, tokens_paths: list[str],
              config: JoseConfig, angles_png: str | os.PathLike | None) -> dict[str, Any]:
     """Neighbours of the probe words, angle statistics (+ PNG), doc-vector vs TF-IDF accuracy."""
-    from kexue.embedding_eval import angle_statistics, document_classification, nearest_neighbours, plot_angle_histogram
+    from kexue.embed.evaluate import angle_statistics, document_classification, nearest_neighbours, plot_angle_histogram
 
     metrics: dict[str, Any] = {"neighbours": nearest_neighbours(u, words, config.probe_words)}
     stats, angles = angle_statistics(u, seed=config.seed)
@@ -593,7 +593,7 @@ def train_jose_stage(tokens_paths: list[str], vocab_path: str, out_dir: str, par
     ``evaluate_vectors=False`` skips the evaluation (and angles.png): the benchmark times
     training alone and evaluates both implementations the same way afterwards.
     """
-    from kexue.word2vec import write_word2vec
+    from kexue.embed.word2vec import write_word2vec
 
     config = JoseConfig.from_params(params)
     corpus = load_corpus(tokens_paths, vocab_path, config.min_count)

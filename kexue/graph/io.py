@@ -3,7 +3,7 @@
 Why several formats: Parquet is what our own stages read (typed, fast, columnar); Pajek is
 what Infomap's command-line tool reads, so a user can rerun the reference binary on exactly
 our graph; GraphML opens in networkx/Gephi, but only for graphs small enough to be useful
-there. All files are written atomically (``kexue.artifacts``).
+there. All files are written atomically (``kexue.core.artifacts``).
 
 Conventions: node ids are 0-based in Parquet and 1-based in Pajek (Pajek's rule). An
 undirected graph stores each edge once with ``source < target``; a directed one stores arcs.
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from kexue.artifacts import atomic_path, write_json_atomic, write_parquet_atomic, write_text_atomic
+from kexue.core.artifacts import atomic_path, write_json_atomic, write_parquet_atomic, write_text_atomic
 
 NODES_FILE = "nodes.parquet"
 EDGES_FILE = "edges.parquet"

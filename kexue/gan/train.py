@@ -5,7 +5,7 @@ Why this shape:
   ``fit``; so a ``tf.distribute`` strategy scope wraps it unchanged (losses are scaled by
   the replica count exactly as Keras scales its own) and ``steps_per_execution`` runs many
   steps per ``tf.function`` call — which is what makes a tiny 8×8 GAN fast on one core.
-- The discriminator ends in ``CascadingRejection`` (``kexue.cascading``): N scores
+- The discriminator ends in ``CascadingRejection`` (``kexue.gan.cascading``): N scores
   D_1..D_N per image. Each score gets its own GAN loss and the discriminator and
   generator losses are weighted averages over the cascades; N = 1 is the plain baseline.
 - ``train_gan`` checkpoints every epoch into one atomically written ``.npz`` (all model,
@@ -32,10 +32,10 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from kexue.artifacts import atomic_path, save_npy_atomic, stable_json, write_bytes_atomic, write_json_atomic
-from kexue.cascading import CascadingRejection
+from kexue.core.artifacts import atomic_path, save_npy_atomic, stable_json, write_bytes_atomic, write_json_atomic
+from kexue.gan.cascading import CascadingRejection
 from kexue.optim import build_optimizer
-from kexue.seeding import SeedStream
+from kexue.core.seeding import SeedStream
 
 LOSSES = ("hinge", "non_saturating")
 
@@ -79,7 +79,7 @@ def make_generator(image_shape: tuple[int, int, int], latent_dim: int = 32, widt
     """z → Dense to (H/2^k, W/2^k, width·2^(k-1)) → k × (ConvTranspose stride 2, BN, ReLU) → tanh.
 
     k stride-2 stages so the first feature map is 4×4 for 8/16/32-pixel images (7×7 for 28).
-    The initial weights depend on ``seed`` only (``kexue.seeding``).
+    The initial weights depend on ``seed`` only (``kexue.core.seeding``).
     """
     seeds = SeedStream((seed, 1))
     h, w, c = image_shape
@@ -107,7 +107,7 @@ def make_discriminator(
 
     ``spectral_norm`` wraps every convolution in ``keras.layers.SpectralNormalization``;
     the cascade head stays plain (its rejection is invariant to the scale of each w_k).
-    The initial weights depend on ``seed`` only (``kexue.seeding``).
+    The initial weights depend on ``seed`` only (``kexue.core.seeding``).
     """
     seeds = SeedStream((seed, 2))
     h, w, _ = image_shape
@@ -320,7 +320,7 @@ def sample_grid_png(images: np.ndarray, path: str | Path, rows: int, scale: int 
     """Tile the first rows×rows images ([-1, 1], NHWC) into a PNG, nearest-neighbour upscaled."""
     from PIL import Image
 
-    from kexue.images import image_grid
+    from kexue.gan.data import image_grid
 
     rows = min(rows, math.isqrt(len(images)))
     grid = (image_grid(images[: rows * rows], rows) * 255).round().astype(np.uint8)

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from kexue.corpora import stopwords
+from kexue.text.corpora import stopwords
 
 PARTIAL_COLUMNS = ["token", "count", "doc_freq"]
 
@@ -116,7 +116,7 @@ def plot_rank_frequency(vocab: pd.DataFrame, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from kexue.artifacts import atomic_path
+    from kexue.core.artifacts import atomic_path
 
     def log_spaced(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # ~2,000 log-spaced ranks draw the same curve as 100k points, in a tenth of the time

@@ -17,7 +17,7 @@ from typing import Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kexue import corpora
+from kexue.text import corpora
 
 # Magic numbers of binary formats people drop into text folders by mistake.
 _MAGIC = {
@@ -51,7 +51,7 @@ class SourceSpec(BaseModel):
     @model_validator(mode="after")
     def _check_builtin(self):
         if self.is_builtin and self.builtin_name not in corpora.BUILTIN_CORPORA:
-            from kexue.config import did_you_mean
+            from kexue.core.errors import did_you_mean
 
             raise ValueError(
                 f"unknown built-in corpus {self.source!r}"
@@ -320,7 +320,7 @@ def source_fingerprint(spec: SourceSpec, base_dir: Path) -> str:
 
     Hashes file bytes, not mtimes: touching a file does not invalidate, editing one does.
     """
-    from kexue.artifacts import sha256_file, sha256_text, stable_json, tree_hashes
+    from kexue.core.artifacts import sha256_file, sha256_text, stable_json, tree_hashes
 
     parts = [stable_json(spec.model_dump())]
     if spec.is_builtin:

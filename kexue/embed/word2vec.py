@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from kexue.artifacts import atomic_path
+from kexue.core.artifacts import atomic_path
 
 
 def write_word2vec(path: str | os.PathLike, keys: Sequence[str], vectors: np.ndarray, precision: int = 6) -> Path:

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
-from kexue.graph_io import write_graph
+from kexue.graph.io import write_graph
 
 Weighting = Literal["count", "pmi", "ppmi"]
 

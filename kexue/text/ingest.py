@@ -17,8 +17,8 @@ from typing import Any, Iterable
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from kexue.artifacts import FileRef, save_content_addressed, write_parquet_atomic
-from kexue.sources import Doc, Rejected, SourceSpec, read_source
+from kexue.core.artifacts import FileRef, save_content_addressed, write_parquet_atomic
+from kexue.text.sources import Doc, Rejected, SourceSpec, read_source
 
 
 class IngestParams(BaseModel):

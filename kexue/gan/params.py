@@ -1,6 +1,6 @@
 """Parameters of the GAN branch's stages, validated when pipeline.yaml loads.
 
-Training settings are ``kexue.gan.DEFAULT_PARAMS`` keys; a variant is a named override of
+Training settings are ``kexue.gan.train.DEFAULT_PARAMS`` keys; a variant is a named override of
 them (``cr4: {cascades: 4}``), and every variant is trained once per seed.
 """
 from __future__ import annotations
@@ -9,11 +9,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from kexue.config import did_you_mean
+from kexue.core.errors import did_you_mean
 
 
 def _check_gan_keys(params: dict[str, Any], where: str) -> dict[str, Any]:
-    from kexue.gan import DEFAULT_PARAMS
+    from kexue.gan.train import DEFAULT_PARAMS
 
     for key in params:
         if key not in DEFAULT_PARAMS:
@@ -38,7 +38,7 @@ class GanTrainParams(BaseModel):
     variants: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"cr1": {"cascades": 1}, "cr2": {"cascades": 2}, "cr4": {"cascades": 4}})
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
-    train: dict[str, Any] = Field(default_factory=dict)  # kexue.gan.DEFAULT_PARAMS overrides for every variant
+    train: dict[str, Any] = Field(default_factory=dict)  # kexue.gan.train.DEFAULT_PARAMS overrides for every variant
     feature_net: FeatureNetParams = Field(default_factory=FeatureNetParams)
 
     @field_validator("train")

@@ -1,0 +1,1 @@
+"""Word graphs and their communities: co-occurrence/PPMI and kNN graphs, graph files, InfoMap, the map equation."""

@@ -1,0 +1,1 @@
+"""The text front half: sources (with quarantine), ingest into partitions, segmentation, counting."""
