@@ -3,29 +3,54 @@
 A new worker process imports Prefect's task engine and our task modules on its first task,
 a few seconds that otherwise land on the critical path of whichever stage first reaches
 that worker (with two workers, one of them sits idle while the other works through the
-partitions). ``kexue run`` preloads this module into its LocalCluster workers; on an
-existing cluster start workers with ``dask worker --preload tasks.warmup``.
+partitions). ``kexue run`` imports ``MODULES`` once in the fork server its LocalCluster's
+workers are forked from (``flows.runtime.start_local_cluster``); on an existing cluster
+start workers with ``dask worker --preload tasks.warmup``.
 
-TensorFlow is left out on purpose: only the JoSE and GAN stages need it, and it costs
-hundreds of MB per worker.
+Only what every task needs, even one that comes from the cache: the segmenter and
+plotting load on first use, and TensorFlow only in the JoSE and GAN stages (hundreds of
+MB per worker).
 """
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
+import sys
 import time
 
 log = logging.getLogger("kexue.warmup")
 
-MODULES = ("prefect.task_engine", "prefect.results", "tasks.caching", "tasks.text", "tasks.graph", "rjieba",
-           "matplotlib.pyplot")
+# flows.pipeline: Prefect sends the flow run's context (the flow object included) with every
+# task, and unpickling it imports the flow's module on the worker.
+MODULES = ("prefect.task_engine", "prefect.results", "tasks.caching", "tasks.text", "flows.pipeline")
 
 
 def dask_setup(worker) -> None:  # the hook Dask calls for a worker preload
     t0 = time.perf_counter()
-    import matplotlib
-
-    matplotlib.use("Agg")  # workers are headless; the plotting functions ask for Agg too
     for name in MODULES:
         importlib.import_module(name)
     log.info("worker %s: preloaded %d modules in %.2f s", worker.name, len(MODULES), time.perf_counter() - t0)
+
+
+def _prefect_services() -> list:
+    if "prefect" not in sys.modules:
+        return []
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    return [EventsWorker, APILogWorker]
+
+
+def drain_prefect_services() -> None:
+    """Send the events and log lines Prefect still queues in this process to the API while
+    it is up: left for interpreter exit, they would be retried against a server that is
+    gone (or, in a forked worker, which exits without exit hooks, dropped)."""
+    for service in _prefect_services():
+        service.drain_all(timeout=10)
+
+
+async def dask_teardown(worker) -> None:  # the hook Dask awaits when the worker closes
+    for service in _prefect_services():
+        if inspect.isawaitable(done := service.drain_all(timeout=10)):  # inside an event loop: a future
+            await done

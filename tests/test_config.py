@@ -44,9 +44,9 @@ def test_unknown_parameter_key_is_named_with_suggestion(proj):
 
 
 def test_wrong_type_is_named(proj):
-    edit(proj / "pipeline.yaml", "batch_docs: 2000", "batch_docs: lots")
+    edit(proj / "pipeline.yaml", "merge_fanin: 8", "merge_fanin: lots")
     msg = error_of(proj)
-    assert "stages.count.params" in msg and "batch_docs" in msg
+    assert "stages.count.params" in msg and "merge_fanin" in msg
 
 
 def test_unknown_stage_in_inputs(proj):
