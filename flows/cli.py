@@ -23,7 +23,7 @@ console = Console(stderr=True, soft_wrap=True)
 
 
 def _load(config: str, profile: str, overrides: list[str]):
-    from kexue.core.registry import load
+    from flows.registry import load
 
     try:
         return load(config, profile, overrides)
@@ -80,7 +80,7 @@ def check(
     cfg = _load(config, profile, list(set_ or []))
     from kexue.core.dag import check_dag
 
-    order = check_dag({n: s.inputs for n, s in cfg.pipeline.stages.items()}, cfg.pipeline_path)
+    order = check_dag({n: s.upstream for n, s in cfg.pipeline.stages.items()}, cfg.pipeline_path)
     console.print(f"[green]ok[/green]: {len(order)} stages in order: {', '.join(order)}")
 
 
