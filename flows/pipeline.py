@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
 import threading
 import traceback
 import uuid
@@ -24,6 +23,7 @@ from prefect import flow, get_run_logger
 from prefect.context import get_run_context
 
 from flows import publish, runtime
+from flows.progress import RunProgress
 from flows import registry
 from flows.stages import RUNNERS, StageContext, summarize_files
 from kexue.core.artifacts import write_bytes_atomic, write_json_atomic
@@ -35,6 +35,9 @@ from tasks.caching import Store
 
 def load(config: str, profile: str, overrides: list[str] | None) -> Config:
     return registry.load(config, profile, overrides)
+
+
+RUNNING: set[str] = set()  # stages running now in this process (the CLI names them when interrupted)
 
 
 def new_run_id() -> str:
@@ -79,8 +82,6 @@ class RunRecord:
 @flow(name="stages")
 def stages(config: str, profile: str, overrides: list[str], selected: list[str], run_id: str) -> dict[str, Any]:
     """Run the selected stages on the current task runner, each as soon as its inputs are done."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     logger = get_run_logger()
     cfg = load(config, profile, overrides)
     record = RunRecord(cfg, run_id, selected)
@@ -91,32 +92,34 @@ def stages(config: str, profile: str, overrides: list[str], selected: list[str],
         record.data["workers"] = sorted(w.get("name", a) for a, w in client.scheduler_info(n_workers=-1)["workers"].items())
     record.data["flow_run_id"] = str(ctx.flow_run.id)
     publish.dashboard(record.data["dashboard"])
-    print(f"Dask dashboard: {record.data['dashboard']}")
-    print(f"Artifacts under: {cfg.data_dir}   run record: {record.dir}")
+    board = RunProgress(logger)
+    board.line(f"Dask dashboard: {record.data['dashboard']}")
+    board.line(f"Artifacts under: {cfg.data_dir}   run record: {record.dir}")
     record.save()
+    if client is not None:
+        board.subscribe(client)
 
     order = check_dag({n: s.upstream for n, s in cfg.pipeline.stages.items()}, cfg.pipeline_path)
     dag = {n: cfg.pipeline.stages[n].upstream for n in order if n in selected}
     store = Store(data_dir=str(cfg.data_dir), base_dir=str(Path(cfg.pipeline_path).parent))
     lock = threading.Lock()
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        transient=True, disable=not os.isatty(1)
-    ) as progress:
-        sctx = StageContext(store=store, progress=progress, resources=cfg.profile.dask.resources,
+    with board:
+        sctx = StageContext(store=store, progress=board, resources=cfg.profile.dask.resources,
                             result_storage=runtime.result_storage(cfg.data_dir / "prefect" / "results"))
         outcomes: dict[str, Any] = {}
 
         def run_stage(name: str):
             spec = cfg.pipeline.stages[name]
             inputs = {role: outcomes[up].manifest for role, up in spec.inputs.items()}
-            print(f"start   {name}")
+            board.line(f"start   {name}")
+            RUNNING.add(name)
             # resources from the profile (e.g. {GPU: 1}) land training tasks on matching workers
             with dask.annotate(resources=sctx.resources[name]) if name in sctx.resources else contextlib.nullcontext():
                 outcomes[name] = RUNNERS[spec.task](sctx, cfg.params[name], inputs)
             return outcomes[name]
 
         def finished(name: str, result: NodeResult) -> None:
+            RUNNING.discard(name)
             spec = cfg.pipeline.stages[name]
             entry: dict[str, Any] = {"name": name, "task": spec.task, "status": result.status,
                                      "started": _iso(result.started), "finished": _iso(result.finished),
@@ -138,7 +141,7 @@ def stages(config: str, profile: str, overrides: list[str], selected: list[str],
                 for key, (rows, description) in result.value.tables.items():
                     publish.table(f"{name}-{key}", rows, description)
             label = {"completed": "cached " if entry.get("cached") else "done   ", "failed": "FAILED ", "skipped": "skipped"}
-            print(f"{label[result.status]} {name:<12} {entry['seconds']:8.2f}s" + (f"  ({result.reason})" if result.reason else ""))
+            board.line(f"{label[result.status]} {name:<12} {entry['seconds']:8.2f}s" + (f"  ({result.reason})" if result.reason else ""))
 
         results = execute(dag, run_stage, finished)
     failed = [n for n in dag if results[n].status == "failed"]
@@ -147,7 +150,7 @@ def stages(config: str, profile: str, overrides: list[str], selected: list[str],
     record.save()
     report = write_report(record.dir)
     write_bytes_atomic(record.latest / "report.html", report.read_bytes())
-    print(f"Report: {report}")
+    board.line(f"Report: {report}")
     if failed:
         raise RuntimeError(f"stage {failed[0]!r} failed; see {record.dir / 'summary.json'}. "
                            "Re-run to resume: completed stages come from the cache.")

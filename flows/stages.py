@@ -40,7 +40,7 @@ from tasks.text import (
 @dataclass
 class StageContext:
     store: Store
-    progress: Any = None  # rich.progress.Progress or None
+    progress: Any = None  # flows.progress.RunProgress or None
     resources: dict[str, dict[str, float]] = field(default_factory=dict)
     result_storage: str | None = None  # block slug of the run's result storage (the cache)
 
@@ -57,13 +57,13 @@ class StageOutcome:
 
 
 def wait(ctx: StageContext, futures: list[PrefectFuture], label: str) -> list[Any]:
-    """Results of futures in submission order, advancing a progress bar as they finish."""
-    bar = ctx.progress.add_task(label, total=len(futures)) if ctx.progress else None
+    """Results of futures in submission order, reporting progress as they finish."""
+    tracker = ctx.progress.track(label, len(futures)) if ctx.progress else None
     for _ in as_completed(futures):
-        if bar is not None:
-            ctx.progress.advance(bar)
-    if bar is not None:
-        ctx.progress.remove_task(bar)
+        if tracker is not None:
+            tracker.advance()
+    if tracker is not None:
+        tracker.close()
     return [f.result() for f in futures]
 
 
