@@ -10,7 +10,7 @@ so a failed run still leaves a record, and the next run resumes from the cached 
 """
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import datetime as dt
 import threading
 import traceback
@@ -18,7 +18,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import dask
 from prefect import flow, get_run_logger
 from prefect.context import get_run_context
 
@@ -104,7 +103,7 @@ def stages(config: str, profile: str, overrides: list[str], selected: list[str],
     store = Store(data_dir=str(cfg.data_dir), base_dir=str(Path(cfg.pipeline_path).parent))
     lock = threading.Lock()
     with board:
-        sctx = StageContext(store=store, progress=board, resources=cfg.profile.dask.resources,
+        base = StageContext(store=store, progress=board,
                             result_storage=runtime.result_storage(cfg.data_dir / "prefect" / "results"))
         outcomes: dict[str, Any] = {}
 
@@ -113,9 +112,8 @@ def stages(config: str, profile: str, overrides: list[str], selected: list[str],
             inputs = {role: outcomes[up].manifest for role, up in spec.inputs.items()}
             board.line(f"start   {name}")
             RUNNING.add(name)
-            # resources from the profile (e.g. {GPU: 1}) land training tasks on matching workers
-            with dask.annotate(resources=sctx.resources[name]) if name in sctx.resources else contextlib.nullcontext():
-                outcomes[name] = RUNNERS[spec.task](sctx, cfg.params[name], inputs)
+            sctx = dataclasses.replace(base, annotations=annotations(cfg, order, name))
+            outcomes[name] = RUNNERS[spec.task](sctx, cfg.params[name], inputs)
             return outcomes[name]
 
         def finished(name: str, result: NodeResult) -> None:
@@ -155,6 +153,16 @@ def stages(config: str, profile: str, overrides: list[str], selected: list[str],
         raise RuntimeError(f"stage {failed[0]!r} failed; see {record.dir / 'summary.json'}. "
                            "Re-run to resume: completed stages come from the cache.")
     return record.data
+
+
+def annotations(cfg: Config, order: list[str], name: str) -> dict[str, Any]:
+    """Dask annotations for a stage's tasks: the profile's resources (e.g. {GPU: 1}) land
+    training on matching workers; a priority by position in pipeline.yaml's order lets the
+    short text tasks go before training runs queued on the same workers."""
+    out: dict[str, Any] = {"priority": len(order) - order.index(name)}
+    if name in cfg.profile.dask.resources:
+        out["resources"] = cfg.profile.dask.resources[name]
+    return out
 
 
 def _iso(t: float | None) -> str | None:

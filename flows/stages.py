@@ -8,9 +8,11 @@ has which runner is the registry's (``flows.registry``), checked when this modul
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import dask
 from prefect import unmapped
 from prefect.futures import PrefectFuture, as_completed
 
@@ -37,16 +39,32 @@ from tasks.text import (
 )
 
 
+_SUBMIT = threading.Lock()
+
+
 @dataclass
 class StageContext:
     store: Store
     progress: Any = None  # flows.progress.RunProgress or None
-    resources: dict[str, dict[str, float]] = field(default_factory=dict)
     result_storage: str | None = None  # block slug of the run's result storage (the cache)
+    annotations: dict[str, Any] = field(default_factory=dict)  # Dask annotations of this stage's tasks
 
-    def t(self, task):
+    def _task(self, task):
         """The task, persisting its result (and so its cache record) in the run's storage."""
         return task.with_options(result_storage=self.result_storage) if self.result_storage else task
+
+    def submit(self, task, *args, **kwargs) -> PrefectFuture:
+        """Submit one task to Dask with this stage's annotations (priority, resources).
+
+        ``dask.annotate`` sets process-wide configuration and stages submit from several
+        threads at once, so submissions take turns; waiting for results does not.
+        """
+        with _SUBMIT, dask.annotate(**self.annotations):
+            return self._task(task).submit(*args, **kwargs)
+
+    def map(self, task, **kwargs) -> list[PrefectFuture]:
+        with _SUBMIT, dask.annotate(**self.annotations):
+            return list(self._task(task).map(**kwargs))
 
 
 @dataclass
@@ -75,13 +93,13 @@ Inputs = dict[str, Manifest]  # input role (as in pipeline.yaml) -> the upstream
 
 
 def run_ingest(ctx: StageContext, params: IngestParams, inputs: Inputs) -> StageOutcome:
-    fut = ctx.t(ingest_task).submit(ctx.store, params, source_fingerprints(params, ctx.store.base_dir))
+    fut = ctx.submit(ingest_task, ctx.store, params, source_fingerprints(params, ctx.store.base_dir))
     (manifest,) = wait(ctx, [fut], "ingest")
     return StageOutcome(manifest, all_cached([fut]))
 
 
 def run_tokenize(ctx: StageContext, params: TokenizeParams, inputs: Inputs) -> StageOutcome:
-    futures = ctx.t(tokenize_partition_task).map(store=unmapped(ctx.store), partition=inputs["documents"].partitions,
+    futures = ctx.map(tokenize_partition_task, store=unmapped(ctx.store), partition=inputs["documents"].partitions,
                                                  params=unmapped(params))
     results: list[Manifest] = wait(ctx, list(futures), f"tokenize {len(futures)} partitions")
     metrics = summarize_partitions([m.metrics for m in results])
@@ -95,11 +113,11 @@ def run_tokenize(ctx: StageContext, params: TokenizeParams, inputs: Inputs) -> S
 
 
 def run_count(ctx: StageContext, params: CountParams, inputs: Inputs) -> StageOutcome:
-    partials = list(ctx.t(count_partition_task).map(store=unmapped(ctx.store), tokens=inputs["tokens"].partitions,
+    partials = list(ctx.map(count_partition_task, store=unmapped(ctx.store), tokens=inputs["tokens"].partitions,
                                                     batch_docs=unmapped(params.batch_docs)))
     # tree merge on the cluster: no task ever holds every partial
     total, merges = tree_reduce(ctx, merge_counts_task, partials, params.merge_fanin)
-    vocab = ctx.t(vocabulary_task).submit(ctx.store, total)
+    vocab = ctx.submit(vocabulary_task, ctx.store, total)
     futures = partials + merges + [vocab]
     wait(ctx, futures, f"count {len(partials)} partitions")
     return StageOutcome(vocab.result(), all_cached(futures))
@@ -115,7 +133,7 @@ def tree_reduce(ctx: StageContext, task, leaves: list[PrefectFuture], fanin: int
             if len(group) == 1:
                 nxt.append(group[0])
             else:
-                nxt.append(ctx.t(task).submit(ctx.store, group))
+                nxt.append(ctx.submit(task, ctx.store, group))
                 merges.append(nxt[-1])
         level = nxt
     return level[0], merges
@@ -129,18 +147,18 @@ def run_graph(ctx: StageContext, params: GraphParams, inputs: Inputs) -> StageOu
     futures: list[PrefectFuture] = []
     total = None
     if params.source == "cooccurrence":
-        parts = list(ctx.t(cooccurrence_partition_task).map(store=unmapped(ctx.store), tokens=inputs["tokens"].partitions,
+        parts = list(ctx.map(cooccurrence_partition_task, store=unmapped(ctx.store), tokens=inputs["tokens"].partitions,
                                                      vocabulary=unmapped(vocab), params=unmapped(params)))
         total, merges = tree_reduce(ctx, cooccurrence_merge_task, parts)
         futures += parts + merges
-    build = ctx.t(graph_build_task).submit(ctx.store, total, vocab, params, jose)
+    build = ctx.submit(graph_build_task, ctx.store, total, vocab, params, jose)
     futures.append(build)
     wait(ctx, futures, f"graph ({len(futures)} tasks)")
     return StageOutcome(build.result(), all_cached(futures))
 
 
 def run_communities(ctx: StageContext, params: CommunityParams, inputs: Inputs) -> StageOutcome:
-    fut = ctx.t(communities_task).submit(ctx.store, inputs["graph"], params, inputs.get("vectors"))
+    fut = ctx.submit(communities_task, ctx.store, inputs["graph"], params, inputs.get("vectors"))
     (manifest,) = wait(ctx, [fut], "communities (infomap)")
     rows = [{"module": i + 1, "size": size, "flow": round(flow, 5), "top words": " ".join(words)}
             for i, (size, flow, words) in enumerate(manifest.metrics.get("top_modules", []))]
@@ -149,13 +167,13 @@ def run_communities(ctx: StageContext, params: CommunityParams, inputs: Inputs) 
 
 def run_jose(ctx: StageContext, params: JoseParams, inputs: Inputs) -> StageOutcome:
     warm = previous_jose_output(ctx.store) if params.warm_start else None
-    fut = ctx.t(jose_task).submit(ctx.store, inputs["tokens"], inputs["vocabulary"].files["vocabulary"], params, warm)
+    fut = ctx.submit(jose_task, ctx.store, inputs["tokens"], inputs["vocabulary"].files["vocabulary"], params, warm)
     (manifest,) = wait(ctx, [fut], "jose")
     return StageOutcome(manifest, all_cached([fut]))
 
 
 def run_images(ctx: StageContext, params: ImagesParams, inputs: Inputs) -> StageOutcome:
-    fut = ctx.t(images_task).submit(ctx.store, params, image_source_fingerprint(params.source, ctx.store.base_dir))
+    fut = ctx.submit(images_task, ctx.store, params, image_source_fingerprint(params.source, ctx.store.base_dir))
     (manifest,) = wait(ctx, [fut], "images")
     return StageOutcome(manifest, all_cached([fut]))
 
@@ -168,10 +186,10 @@ GRID_FILES = ("grid_final", "grid_best")
 
 def run_gan(ctx: StageContext, params: GanTrainParams, inputs: Inputs) -> StageOutcome:
     images, spec = inputs["images"], params
-    feature = ctx.t(feature_net_task).submit(ctx.store, images, params.feature_net)
+    feature = ctx.submit(feature_net_task, ctx.store, images, params.feature_net)
     runs = spec.runs()
     # one Dask task per (variant, seed): they train in parallel across the workers
-    futures = [ctx.t(gan_run_task).submit(ctx.store, images, feature, variant, p) for variant, _, p in runs]
+    futures = [ctx.submit(gan_run_task, ctx.store, images, feature, variant, p) for variant, _, p in runs]
     wait(ctx, [feature, *futures], f"gan: {len(runs)} runs")
     files = {"feature_net": feature.result().files["model"]}
     table = []
@@ -189,7 +207,7 @@ def run_gan(ctx: StageContext, params: GanTrainParams, inputs: Inputs) -> StageO
 
 
 def run_gan_eval(ctx: StageContext, params: GanEvalParams, inputs: Inputs) -> StageOutcome:
-    fut = ctx.t(gan_eval_task).submit(ctx.store, inputs["runs"], params)
+    fut = ctx.submit(gan_eval_task, ctx.store, inputs["runs"], params)
     (manifest,) = wait(ctx, [fut], "gan evaluation")
     return StageOutcome(manifest, all_cached([fut]),
                         {"evaluation": (manifest.metrics.get("rows", []), "GAN evaluation: every variant × seed")})
