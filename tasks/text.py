@@ -7,7 +7,6 @@ that is the flow.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,12 +15,12 @@ from kexue.text import count as kcount
 from kexue.text import tokenize as ktok
 from kexue.core.artifacts import FileRef, Manifest, save_content_addressed, sha256_text, stable_json, write_json_atomic
 from kexue.text.ingest import ingest as run_ingest
-from kexue.text.sources import SourceSpec
+from kexue.text.params import IngestParams, TokenizeParams
 from tasks.caching import Store, kexue_task
 
 
-@kexue_task("ingest", code=("kexue.text.ingest", "kexue.text.sources", "kexue.text.corpora"))
-def ingest_task(store: Store, params: dict[str, Any], source_fingerprints: list[str]) -> Manifest:
+@kexue_task("ingest")
+def ingest_task(store: Store, params: IngestParams, source_fingerprints: list[str]) -> Manifest:
     """All sources → partitions. ``source_fingerprints`` (content hashes) make the cache key."""
     out = store.stage_dir("ingest", sha256_text(stable_json(params), *source_fingerprints))
     res = run_ingest(params, store.base_dir, out, partitions_dir=store.stage_dir("ingest") / "partitions")
@@ -38,8 +37,8 @@ def _save_counts(directory: Path, table: pa.Table) -> FileRef:
     return save_content_addressed(directory, ".parquet", lambda t: pq.write_table(table, t))
 
 
-@kexue_task("tokenize-partition", code=("kexue.text.tokenize", "kexue.text.count"))
-def tokenize_partition_task(store: Store, partition: FileRef, params: dict[str, Any]) -> Manifest:
+@kexue_task("tokenize-partition")
+def tokenize_partition_task(store: Store, partition: FileRef, params: TokenizeParams) -> Manifest:
     """Tokens of one partition, and their counts — taken while the tokens are in memory."""
     table, stats = ktok.tokenize_partition(partition.path, params)
     tokens = save_content_addressed(store.stage_dir("tokenize") / "partitions", ".parquet", lambda t: pq.write_table(table, t))
@@ -47,12 +46,12 @@ def tokenize_partition_task(store: Store, partition: FileRef, params: dict[str, 
     return Manifest(stage="tokenize", partitions=[tokens], files={"counts": counts}, metrics=stats)
 
 
-@kexue_task("count-merge", code=("kexue.text.count",))
+@kexue_task("count-merge")
 def merge_counts_task(store: Store, partials: list[FileRef]) -> FileRef:
     return _save_counts(store.stage_dir("count") / "partials", kcount.merge_partials([pq.read_table(p.path) for p in partials]))
 
 
-@kexue_task("vocabulary", code=("kexue.text.count", "kexue.text.corpora"))
+@kexue_task("vocabulary")
 def vocabulary_task(store: Store, partials: list[FileRef]) -> Manifest:
     """Sum the last partials, rank, flag, plot."""
     vocab = kcount.vocabulary(kcount.merge_partials([pq.read_table(p.path) for p in partials]))
@@ -62,8 +61,8 @@ def vocabulary_task(store: Store, partials: list[FileRef]) -> Manifest:
                     metrics=kcount.vocabulary_metrics(vocab))
 
 
-def source_fingerprints(params: dict[str, Any], base_dir: str) -> list[str]:
+def source_fingerprints(params: IngestParams, base_dir: str) -> list[str]:
     """Content hashes of the configured sources (computed where the flow runs)."""
     from kexue.text.sources import source_fingerprint
 
-    return [source_fingerprint(SourceSpec.model_validate(s), Path(base_dir)) for s in params["sources"]]
+    return [source_fingerprint(s, Path(base_dir)) for s in params.sources]

@@ -3,13 +3,17 @@
 A new worker process imports Prefect's task engine and our task modules on its first task,
 a few seconds that otherwise land on the critical path of whichever stage first reaches
 that worker (with two workers, one of them sits idle while the other works through the
-partitions). ``kexue run`` imports ``MODULES`` once in the fork server its LocalCluster's
-workers are forked from (``flows.runtime.start_local_cluster``); on an existing cluster
-start workers with ``dask worker --preload tasks.warmup``.
+partitions). ``kexue run`` imports ``MODULES`` once, in the fork server its LocalCluster's
+workers are forked from (``flows.runtime.start_local_cluster``); other LocalClusters
+preload this module into each worker; on an existing cluster start workers with
+``dask worker --preload tasks.warmup``.
 
-Only what every task needs, even one that comes from the cache: the segmenter and
-plotting load on first use, and TensorFlow only in the JoSE and GAN stages (hundreds of
-MB per worker).
+Which modules: what every task needs, even one whose result comes from the cache.
+Prefect sends the flow run's context — the flow object included — with every task, so a
+worker imports the flow's module, ``flows.pipeline``, and with it every task module the
+stage runners submit from (``flows.stages``' imports; a new stage's tasks come along with
+no list to edit). Those load without TensorFlow, which only the JoSE and GAN tasks import,
+when they run; the segmenter and plotting also load on first use.
 """
 from __future__ import annotations
 
@@ -21,16 +25,14 @@ import time
 
 log = logging.getLogger("kexue.warmup")
 
-# flows.pipeline: Prefect sends the flow run's context (the flow object included) with every
-# task, and unpickling it imports the flow's module on the worker.
-MODULES = ("prefect.task_engine", "prefect.results", "tasks.caching", "tasks.text", "flows.pipeline")
+MODULES = ("prefect.task_engine", "prefect.results", "flows.pipeline")
 
 
 def dask_setup(worker) -> None:  # the hook Dask calls for a worker preload
     t0 = time.perf_counter()
     for name in MODULES:
         importlib.import_module(name)
-    log.info("worker %s: preloaded %d modules in %.2f s", worker.name, len(MODULES), time.perf_counter() - t0)
+    log.info("worker %s: preloaded %s in %.2f s", worker.name, ", ".join(MODULES), time.perf_counter() - t0)
 
 
 def _prefect_services() -> list:

@@ -18,16 +18,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
 
 from kexue.text.corpora import stopwords
 
 PARTIAL_SCHEMA = pa.schema([("token", pa.string()), ("count", pa.int64()), ("doc_freq", pa.int64())])
-
-
-class CountParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    merge_fanin: int = Field(8, ge=2)  # partials summed per task (a tree on the cluster when there are more)
 
 
 def count_tokens(docs: pa.Array | pa.ChunkedArray) -> pa.Table:

@@ -17,24 +17,16 @@ import functools
 import logging
 import re
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict
+from kexue.text.params import TokenizeParams
 
 log = logging.getLogger(__name__)
 _WHITESPACE = re.compile(r"\s")
-
-
-class TokenizeParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    backend: Literal["rjieba", "jieba"] = "rjieba"
-    hmm: bool = True  # jieba's HMM for unknown words
-    user_dict: str | None = None  # jieba user-dictionary file (forces the jieba backend)
-    drop_whitespace: bool = True  # jieba emits spaces/newlines as tokens; they carry no meaning
 
 
 def effective_backend(p: TokenizeParams) -> str:
@@ -148,7 +140,7 @@ def tokenize_partition(ingest_path: str | Path, params: dict[str, Any] | Tokeniz
     Returns the tokens table (doc_id, source, label, tokens) and segmentation counts
     against the gold tokens where the partition has them (People's Daily). Documents are
     segmented a batch at a time and each batch's tokens converted to Arrow at once, so the
-    Python token strings of only one batch are ever alive (they cost ~20× their Arrow size).
+    Python token strings (an object of tens of bytes each) of only one batch are alive.
     """
     p = params if isinstance(params, TokenizeParams) else TokenizeParams.model_validate(params)
     segment = make_segmenter(p)
@@ -158,14 +150,16 @@ def tokenize_partition(ingest_path: str | Path, params: dict[str, Any] | Tokeniz
     for batch in table.select(["text", "gold_tokens"]).to_batches(max_chunksize=BATCH_DOCS):
         texts = batch.column(0).to_pylist()
         raw = [segment(text) for text in texts]
+        scored = pa.array(raw, TOKENS_TYPE)  # segmentation is scored before white space is dropped
         gold = batch.column(1)
         has_gold = pc.is_valid(gold)
-        if n := int(pc.sum(has_gold).as_py() or 0):  # scored before white space is dropped
-            counts = segmentation_counts(pa.array(raw, TOKENS_TYPE).filter(has_gold), gold.filter(has_gold))
+        if n := int(pc.sum(has_gold).as_py() or 0):
+            counts = segmentation_counts(scored.filter(has_gold), gold.filter(has_gold))
             tp, n_pred, n_gold, gold_docs = tp + counts[0], n_pred + counts[1], n_gold + counts[2], gold_docs + n
-        if p.drop_whitespace:  # only a text with white space can yield white-space tokens
-            raw = [[t for t in toks if t.strip()] if _WHITESPACE.search(text) else toks for text, toks in zip(texts, raw)]
-        chunks.append(pa.array(raw, TOKENS_TYPE))
+        spaced = [i for i, text in enumerate(texts) if p.drop_whitespace and _WHITESPACE.search(text)]
+        for i in spaced:  # only a text with white space can yield white-space tokens
+            raw[i] = [t for t in raw[i] if t.strip()]
+        chunks.append(pa.array(raw, TOKENS_TYPE) if spaced else scored)
     tokens = pa.chunked_array(chunks, TOKENS_TYPE)
     out = pa.table({"doc_id": table.column("doc_id"), "source": table.column("source"),
                     "label": table.column("label"), "tokens": tokens})
@@ -179,3 +173,16 @@ def tokenize_partition(ingest_path: str | Path, params: dict[str, Any] | Tokeniz
         "seg_docs": gold_docs,
     }
     return out, stats
+
+
+def summarize_partitions(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """The tokenize stage's metrics from its partitions' stats: totals, and segmentation
+    precision/recall/F1 over every gold token (not an average of per-partition scores)."""
+    totals = {k: sum(s.get(k, 0) for s in stats) for k in ("documents", "tokens", "characters",
+                                                           "seg_tp", "seg_pred", "seg_gold", "seg_docs")}
+    metrics: dict[str, Any] = {"partitions": len(stats), "documents": totals["documents"],
+                               "tokens": totals["tokens"], "characters": totals["characters"]}
+    if totals["seg_docs"]:
+        metrics["segmentation"] = {**prf(totals["seg_tp"], totals["seg_pred"], totals["seg_gold"]),
+                                   "documents": totals["seg_docs"]}
+    return metrics
