@@ -76,13 +76,13 @@ def test_stages_receive_their_inputs_by_name_not_by_kind(proj):
     """Two count stages of the same kind: each consumer gets the one pipeline.yaml names."""
     text = (proj / "pipeline.yaml").read_text()
     text = text.replace("  jose:\n", "  count_small:\n    task: count\n    inputs: {tokens: tokenize}\n"
-                                      "    params: {batch_docs: 10}\n\n  jose:\n", 1)
+                                      "    params: {merge_fanin: 3}\n\n  jose:\n", 1)
     text = text.replace("    inputs: {tokens: tokenize, vocabulary: count}\n    params:\n      dim",
                         "    inputs: {tokens: tokenize, vocabulary: count_small}\n    params:\n      dim")
     (proj / "pipeline.yaml").write_text(text)
     cfg = load(proj / "pipeline.yaml", "local")
     assert cfg.pipeline.stages["jose"].inputs == {"tokens": "tokenize", "vocabulary": "count_small"}
-    assert cfg.params["count_small"].batch_docs == 10 and cfg.params["count"].batch_docs == 2000
+    assert cfg.params["count_small"].merge_fanin == 3 and cfg.params["count"].merge_fanin == 8
 
 
 def test_cycle_is_reported(proj):

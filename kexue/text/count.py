@@ -31,10 +31,13 @@ def count_tokens(docs: pa.Array | pa.ChunkedArray) -> pa.Table:
     encoded = pc.dictionary_encode(pc.list_flatten(docs))
     n_types = len(encoded.dictionary)
     codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    doc = pc.list_parent_indices(docs).to_numpy(zero_copy_only=False).astype(np.int64)
-    pairs = pc.unique(pa.array(doc * n_types + codes)).to_numpy(zero_copy_only=False)  # distinct (doc, token)
+    # distinct (document, token) pairs: sorted pair keys, each counted where it first appears
+    pairs = pc.list_parent_indices(docs).to_numpy(zero_copy_only=False).astype(np.int64) * n_types + codes
+    pairs.sort()
+    first = np.ones(len(pairs), dtype=bool)
+    np.not_equal(pairs[1:], pairs[:-1], out=first[1:])
     return pa.table([encoded.dictionary, pa.array(np.bincount(codes, minlength=n_types)),
-                     pa.array(np.bincount(pairs % max(n_types, 1), minlength=n_types))], schema=PARTIAL_SCHEMA)
+                     pa.array(np.bincount(pairs[first] % max(n_types, 1), minlength=n_types))], schema=PARTIAL_SCHEMA)
 
 
 def count_partition(tokens_path: str | Path) -> pa.Table:
@@ -91,12 +94,12 @@ def vocabulary_metrics(v: pd.DataFrame) -> dict[str, Any]:
 
 
 def plot_rank_frequency(vocab: pd.DataFrame, path: str | Path) -> Path:
-    """Zipf plot (log rank vs log count) of the vocabulary, as PNG."""
-    import matplotlib
+    """Zipf plot (log rank vs log count) of the vocabulary, as PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    Drawn on a bare ``Figure`` with fixed margins: no pyplot state (safe in a threaded
+    worker), and no layout pass, which would draw the figure twice.
+    """
+    from matplotlib.figure import Figure
 
     from kexue.core.artifacts import atomic_path
 
@@ -106,7 +109,9 @@ def plot_rank_frequency(vocab: pd.DataFrame, path: str | Path) -> Path:
         ranks = ranks[ranks <= len(counts)]
         return ranks, counts[ranks - 1]
 
-    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=110)
+    fig = Figure(figsize=(5.5, 4), dpi=110)
+    fig.subplots_adjust(left=0.13, bottom=0.12, right=0.97, top=0.92)
+    ax = fig.add_subplot()
     ax.loglog(*log_spaced(vocab["count"].to_numpy()), lw=1.5, label="all tokens")
     content = vocab.loc[~vocab["is_stopword"] & ~vocab["is_punct"], "count"].to_numpy()
     ax.loglog(*log_spaced(content), lw=1.2, label="without stop words / punctuation")
@@ -114,9 +119,6 @@ def plot_rank_frequency(vocab: pd.DataFrame, path: str | Path) -> Path:
     ax.set_ylabel("count")
     ax.set_title(f"rank-frequency, {len(vocab):,} types, {int(vocab['count'].sum()):,} tokens")
     ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
     return Path(path)
-
