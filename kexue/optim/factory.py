@@ -28,9 +28,12 @@ DERIVED_KEYS = {
     "accumulation_steps": "number of micro-batches averaged per update (1 = off)",
     "layer_adaptation": "true (all variables), or variable-path substrings to exclude from it",
     "lookahead": "{k: int, alpha: float} (true = k 5, alpha 0.5), or null",
-    "lazy": "true (all variables of rank >= 1), or variable-path substrings to include",
+    "lazy": "true (all variables of rank >= 1), variable-path substrings to include, or "
+            "{include: substrings or null, freeze_slots: bool} (see kexue.optim.lazy)",
+    "exclude_from_weight_decay": "variable-name patterns (regex search) weight decay skips, e.g. [bias, gamma, beta]",
 }
 LOOKAHEAD_KEYS = ("k", "alpha")
+LAZY_KEYS = ("include", "freeze_slots")
 
 
 BASE_OPTIMIZERS: dict[str, type[keras.optimizers.Optimizer]] = {
@@ -78,6 +81,7 @@ def build_optimizer(spec: Mapping[str, Any]) -> keras.optimizers.Optimizer:
     layer_adaptation = spec.pop("layer_adaptation", False)
     lookahead = spec.pop("lookahead", None)
     lazy = spec.pop("lazy", False)
+    no_decay = spec.pop("exclude_from_weight_decay", None)
 
     if accumulation_steps is not None:
         if int(accumulation_steps) != accumulation_steps or accumulation_steps < 1:
@@ -93,10 +97,12 @@ def build_optimizer(spec: Mapping[str, Any]) -> keras.optimizers.Optimizer:
         spec["learning_rate"] = PiecewiseLinear(spec.get("learning_rate", default_lr), schedule)
 
     optimizer = base_class(**spec)
+    if no_decay is not None:
+        optimizer.exclude_from_weight_decay(var_names=_decay_exclusions(no_decay, spec.get("weight_decay")))
     if layer_adaptation:
         optimizer = LayerAdaptation(optimizer, exclude=_patterns(layer_adaptation, "layer_adaptation"))
     if lazy:
-        optimizer = Lazy(optimizer, include=_patterns(lazy, "lazy"))
+        optimizer = _lazy(optimizer, lazy)
     if lookahead:
         if lookahead is True:
             lookahead = {}
@@ -116,3 +122,28 @@ def _patterns(value: Any, key: str) -> list[str] | None:
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return list(value)
     raise ValueError(f"`{key}` must be true/false, a string or a list of strings; got {value!r}.")
+
+
+def _lazy(optimizer: keras.optimizers.Optimizer, value: Any) -> Lazy:
+    """``lazy: true | patterns`` (bert4keras behaviour) or ``{include, freeze_slots}``."""
+    if not isinstance(value, Mapping):
+        return Lazy(optimizer, include=_patterns(value, "lazy"))
+    _check_keys(value, LAZY_KEYS, "optimizer spec `lazy`")
+    include = value.get("include")
+    return Lazy(optimizer, include=None if include is None else _patterns(include, "lazy.include"),
+                freeze_slots=value.get("freeze_slots", False))
+
+
+def _decay_exclusions(value: Any, weight_decay: Any) -> list[str]:
+    """Validated ``exclude_from_weight_decay`` patterns; they need a ``weight_decay`` to act on.
+
+    Keras matches them (``re.search``) against each variable's name ("kernel", "bias",
+    "gamma", "beta", ...). Keras does not serialise the exclusion with the optimizer's
+    config: runs rebuild their optimizers from the spec, which carries it.
+    """
+    patterns = _patterns(value, "exclude_from_weight_decay")
+    if patterns is None:
+        raise ValueError("`exclude_from_weight_decay` must be a string or a list of strings, e.g. [bias, gamma, beta].")
+    if not weight_decay:
+        raise ValueError("`exclude_from_weight_decay` is given but `weight_decay` is not: nothing to exclude from.")
+    return patterns
