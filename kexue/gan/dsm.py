@@ -16,14 +16,24 @@ ending with one denoising step x ← x + σ_L² s_θ(x, σ_L) (the denoiser r it
 
 Choices, and why:
 - The ladder is geometric from σ₁ = the data's largest pairwise distance (so level 1 can
-  move a sample to any mode; Song & Ermon 2020, technique 1) down to σ_L ≈ 0.01.
-- s_θ(x, σ) = F_θ(c_in(σ) x, log σ) / σ (technique 3: the score's scale 1/σ is built in);
-  c_in = 1/√(σ² + σ_data²) keeps the network's input at unit scale whatever σ is.
-- The loss is Song & Ermon's with λ(σ) = σ²: for x̃ = x + σz, ½ E ‖σ s_θ(x̃, σ) + z‖²,
-  averaged over the data dimensions and over σ drawn uniformly from the ladder.
-- The body is a few residual 3×3 convolutions at full resolution for images (8×8 digits
-  need no down-sampling) or a residual MLP for vectors (the 1-D/2-D tests); each block
-  adds a per-channel bias computed from log σ.
+  move a sample to any mode; Song & Ermon 2020, technique 1) down to σ_L ≈ 0.02, with
+  enough levels that neighbouring noise shells overlap in the data's dimension (their
+  technique 2: a few tens of levels for 64 pixels, rather than the 10 of 2019). The
+  sampler's starting noise then lies where level 1 was trained, and every level's
+  starting point where that level was trained.
+- The network is the post's denoiser, preconditioned as in Karras et al. (2022, "EDM"):
+  r_θ(x, σ) = c_skip x + c_out F_θ(c_in x, log σ) with c_skip = σ_d²/(σ² + σ_d²),
+  c_out = σσ_d/√(σ² + σ_d²), c_in = 1/√(σ² + σ_d²) (σ_d the data's std), and
+  s_θ = (r_θ − x)/σ². Why: F's input and its regression target have unit variance at
+  every level, and at large σ an error in F moves r by at most ~σ_d instead of ~σ (the
+  1/σ-scaled "s = F/σ" of NCSNv2 trained worse here at the fine levels).
+- The loss is denoising score matching, ‖r_θ(x + σz) − x‖², weighted by 1/c_out² (unit
+  variance target at every level), σ drawn uniformly from the ladder.
+- The body is a residual MLP (8×8 digits flattened: cheaper and better here than 3×3
+  convolutions) or residual 3×3 convolutions at full resolution; each block's features
+  are scaled and shifted by a function of log σ (FiLM; a plain added bias trained worse).
+- Sampling: few Langevin steps per level (T = 2) at a large step (ε/σ_L² = 0.5) on a fine
+  ladder beat many steps on a coarse one; see docs/gan-study.md for the measurements.
 
 ``ScoreModel`` is a ``keras.Model`` with its own ``train_step`` (trained by ``fit``),
 ``get_config`` and ``.keras`` round trip. ``train_dsm`` is the resumable run, shaped like
@@ -54,22 +64,25 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "steps": 3000,             # rounded up to whole epochs of steps_per_epoch
     "steps_per_epoch": 250,    # train steps per fit epoch = per checkpoint
     "batch_size": 128,
-    "width": 32,               # channels (images) or units (vectors) of every block
+    "body": "mlp",             # mlp: images flattened to vectors | conv: 3×3 convolutions at full resolution
+    "width": 128,              # units (mlp) or channels (conv) of every block
     "depth": 3,                # residual blocks
-    "levels": 10,              # L noise levels
+    "levels": 24,              # L noise levels
     "sigma_max": None,         # σ₁; None = the data's largest pairwise distance
-    "sigma_min": 0.01,         # σ_L
-    "optimizer": {"name": "adam", "learning_rate": 1e-3},  # kexue.optim.build_optimizer spec
-    "steps_per_level": 10,     # T Langevin steps per noise level
-    "epsilon": 5e-5,           # ε: the step at σ_L (α_i = ε σ_i² / σ_L²)
+    "sigma_min": 0.02,         # σ_L
+    # kexue.optim.build_optimizer spec; the schedule's steps are absolute: change them with "steps"
+    "optimizer": {"name": "adam", "learning_rate": 2e-3, "schedule": {0: 1.0, 1500: 1.0, 3000: 0.05}},
+    "steps_per_level": 2,      # T Langevin steps per noise level
+    "epsilon": 2e-4,           # ε: the step at σ_L (α_i = ε σ_i² / σ_L²)
     "denoise": True,           # final step x + σ_L² s(x, σ_L)
     "eval_every": None,        # steps between evaluations; None = only at the end (sampling is the cost)
     "eval_samples": 2000,      # generated images per evaluation (capped at the real set's size)
     "grid": 10,                # sample grids are grid × grid images
 }
+BODIES = ("mlp", "conv")
 
 # Params that change what is trained: a checkpoint only resumes a run with the same values.
-_IDENTITY_KEYS = ("seed", "batch_size", "width", "depth", "levels", "sigma_max", "sigma_min", "optimizer")
+_IDENTITY_KEYS = ("seed", "batch_size", "body", "width", "depth", "levels", "sigma_max", "sigma_min", "optimizer")
 
 
 def check_params(params: dict[str, Any], where: str = "dsm") -> dict[str, Any]:
@@ -166,16 +179,33 @@ class ScoreModel(keras.Model):
             per_example = ops.expand_dims(per_example, 1)
         return per_example
 
-    def call(self, inputs):
-        x, sigma = inputs
-        sigma = ops.cast(ops.reshape(sigma, (-1,)), x.dtype)
-        c_in = self._expand(ops.rsqrt(ops.square(sigma) + self.sigma_data**2))
+    def _coefficients(self, sigma):
+        """c_skip, c_out, c_in of Karras et al. (2022), each broadcastable against x."""
+        total = ops.square(sigma) + self.sigma_data**2
+        c_skip = self.sigma_data**2 / total
+        c_out = sigma * self.sigma_data * ops.rsqrt(total)
+        return tuple(self._expand(c) for c in (c_skip, c_out, ops.rsqrt(total)))
+
+    def _network(self, x, sigma):
+        """F_θ(c_in x, log σ): the residual body, each block's features scaled and shifted by log σ."""
         e = self.embed(ops.expand_dims(ops.log(sigma), -1))
-        h = self.stem(x * c_in)
+        h = self.stem(x)
         for layer, condition in zip(self.blocks, self.conditions):
             scale, shift = ops.split(self._expand(condition(e)), 2, axis=-1)
             h = h + ops.silu(layer(ops.silu(h)) * (1.0 + scale) + shift)
-        return self.head(ops.silu(h)) / self._expand(sigma)
+        return self.head(ops.silu(h))
+
+    def denoiser(self, x, sigma):
+        """r_θ(x, σ) = c_skip x + c_out F_θ(c_in x, log σ), with ``sigma`` one value per example."""
+        sigma = ops.cast(ops.reshape(sigma, (-1,)), x.dtype)
+        c_skip, c_out, c_in = self._coefficients(sigma)
+        return c_skip * x + c_out * self._network(c_in * x, sigma)
+
+    def call(self, inputs):
+        """The score s_θ(x, σ) = (r_θ(x, σ) − x) / σ² of ``(x, sigma)``, sigma one value per example."""
+        x, sigma = inputs
+        sigma = ops.cast(ops.reshape(sigma, (-1,)), x.dtype)
+        return (self.denoiser(x, sigma) - x) / self._expand(ops.square(sigma))
 
     def score(self, x, sigma):
         """s_θ(x, σ) for a batch ``x`` at one noise level (a Python float or scalar tensor)."""
@@ -183,17 +213,24 @@ class ScoreModel(keras.Model):
         return self((x, sigma))
 
     def denoise(self, x, sigma):
-        """The denoiser r(x) = x + σ² s_θ(x, σ) of the post (Tweedie's formula)."""
-        return x + sigma**2 * self.score(x, sigma)
+        """r_θ(x, σ) for a batch ``x`` at one noise level: the post's denoising autoencoder."""
+        return self.denoiser(x, ops.full((ops.shape(x)[0],), sigma, dtype=x.dtype))
 
     def compute_loss_terms(self, x):
-        """Per-example ½ ‖σ s_θ(x + σz, σ) + z‖² / dim with σ uniform on the ladder."""
+        """Per-example ½ ‖F_θ − F*‖² / dim, F* = (x − c_skip x̃) / c_out, x̃ = x + σz, σ uniform on the ladder.
+
+        This is ‖r_θ(x̃) − x‖² / c_out²: denoising score matching (the same minimiser,
+        r = x̃ + σ² ∇log p_σ) with Karras et al.'s weight, under which every level's target
+        has unit variance.
+        """
         batch = ops.shape(x)[0]
         index = keras.random.randint((batch,), 0, len(self.sigmas), seed=self.seed_generator)
         sigma = ops.take(ops.convert_to_tensor(self.sigmas, dtype=x.dtype), index)
         z = keras.random.normal(ops.shape(x), seed=self.seed_generator, dtype=x.dtype)
-        sigma_b = self._expand(sigma)
-        residual = sigma_b * self((x + sigma_b * z, sigma)) + z
+        c_skip, c_out, c_in = self._coefficients(sigma)
+        x_tilde = x + self._expand(sigma) * z
+        target = (x - c_skip * x_tilde) / c_out
+        residual = self._network(c_in * x_tilde, sigma) - target
         return 0.5 * ops.mean(ops.reshape(ops.square(residual), (batch, -1)), axis=1)
 
     def train_step(self, x):
@@ -320,13 +357,16 @@ def train_dsm(
 
     check_params(params)
     p = {**DEFAULT_PARAMS, **params}
-    x = np.load(images_path).astype(np.float32)
+    if p["body"] not in BODIES:
+        raise ValueError(f"dsm.body: unknown body {p['body']!r}" + did_you_mean(p["body"], BODIES))
+    images = np.load(images_path).astype(np.float32)
+    x = images.reshape(len(images), -1) if p["body"] == "mlp" else images
     spe, batch, seed = int(p["steps_per_epoch"]), int(p["batch_size"]), int(p["seed"])
     epochs = math.ceil(int(p["steps"]) / spe)
     total = epochs * spe
     out, ckpt_dir = Path(out_dir), Path(checkpoint_dir)
     out.mkdir(parents=True, exist_ok=True)
-    identity = {k: p[k] for k in _IDENTITY_KEYS}
+    identity = json.loads(json.dumps({k: p[k] for k in _IDENTITY_KEYS}))  # as the checkpoint will hold it
 
     model = build_score_model(x, p)
     state_var = tf.Variable("", dtype=tf.string, trainable=False)
@@ -346,7 +386,7 @@ def train_dsm(
 
     def evaluate(step: int) -> np.ndarray:
         t0 = time.perf_counter()
-        samples = model.sample(n_eval, seed=seed + 1, **langevin)
+        samples = model.sample(n_eval, seed=seed + 1, **langevin).reshape((n_eval, *images.shape[1:]))
         sampling_seconds = time.perf_counter() - t0
         state["sampling"] = {"network_evaluations_per_sample": network_evaluations(p["levels"], **{
             k: p[k] for k in ("steps_per_level", "denoise")}), "seconds_per_1000": 1000 * sampling_seconds / n_eval}
@@ -378,7 +418,7 @@ def train_dsm(
     if state["sampling"] is None or state["evaluated_at"] < state["step"]:
         samples = evaluate(state["step"])
     else:  # resumed after the final evaluation: the same seed gives the same samples
-        samples = model.sample(n_eval, seed=seed + 1, **langevin)
+        samples = model.sample(n_eval, seed=seed + 1, **langevin).reshape((n_eval, *images.shape[1:]))
     state_var.assign(json.dumps(state))
     manager.save()
 
