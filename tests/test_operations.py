@@ -67,6 +67,7 @@ def scheduled_runs(client, deployment_id) -> list:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2700)  # the whole DAG on the ci profile, behind a server, a worker and a flow-run process
 def test_nightly_deployment_runs_end_to_end_and_is_scheduled(tmp_path):
     """prefect server → `kexue deploy` → worker → `deployment run pipeline/nightly --param profile=ci`;
     the server holds future runs from the cron; every stage's artifacts read back from the API."""
@@ -125,7 +126,7 @@ def test_nightly_deployment_runs_end_to_end_and_is_scheduled(tmp_path):
         t = time.perf_counter()
         worker = Service([prefect, "worker", "start", "--pool", "kexue-pool"], env=env, cwd=project, log=tmp_path / "worker.log")
         out = run(prefect, "deployment", "run", "pipeline/nightly", "--param", "profile=ci",
-                  "--watch", "--watch-timeout", "1200", timeout=1300)
+                  "--watch", "--watch-timeout", "1800", timeout=1900)
         timings["nightly run --watch (incl. worker start)"] = time.perf_counter() - t
         assert "Completed" in out, out[-3000:] + worker.output()
         summary = json.loads((project / "data" / "ci" / "runs" / "latest" / "summary.json").read_text())

@@ -293,6 +293,12 @@ def test_security_basics(prefect_api):
     for profile in ("local", "ci"):
         text = (ROOT / "conf" / f"{profile}.yaml").read_text()
         assert "0.0.0.0" not in text
+    # the documented commands start servers on loopback
+    import re
+
+    for doc in ("README.md", "prefect.yaml", "conf/cluster.yaml"):
+        starts = re.findall(r"(?:prefect server start|dask scheduler)[^\n]*", (ROOT / doc).read_text(encoding="utf-8"))
+        assert starts and all("--host 127.0.0.1" in line for line in starts), (doc, starts)
     # the embedded Prefect API (flows.runtime.embedded_api, the session's) listens on loopback only
     port = int(prefect_api.split(":")[2].split("/")[0])
     loop, other = loopback_only({port})
