@@ -132,7 +132,7 @@ def test_nightly_deployment_runs_end_to_end_and_is_scheduled(tmp_path):
         summary = json.loads((project / "data" / "ci" / "runs" / "latest" / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["profile"] == "ci"
         names = ["ingest", "tokenize", "count", "jose", "graph", "communities", "images", "gan", "gan_eval"]
-        assert [s["name"] for s in summary["stages"]] == names
+        assert sorted(s["name"] for s in summary["stages"]) == sorted(names)  # recorded as they finish
         assert not any(s["cached"] for s in summary["stages"])
 
         # what the run published, read back from the API
