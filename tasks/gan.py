@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from kexue.core.artifacts import FileRef, Manifest, sha256_text, stable_json
+from kexue.gan.params import FeatureNetParams, GanEvalParams, ImagesParams
 from tasks.caching import Store, kexue_task
 
 
@@ -26,32 +27,32 @@ def _single_threaded_tf() -> None:
         pass
 
 
-@kexue_task("images", code=("kexue.gan.data",))
-def images_task(store: Store, params: dict[str, Any], source_fingerprint: str) -> Manifest:
+@kexue_task("images")
+def images_task(store: Store, params: ImagesParams, source_fingerprint: str) -> Manifest:
     from kexue.gan.data import write_images
 
     out = store.stage_dir("images", sha256_text(stable_json(params), source_fingerprint))
-    source = params["source"]
+    source = params.source
     if not source.startswith("builtin:") and not Path(source).is_absolute():
         source = str(Path(store.base_dir) / source)
-    return Manifest.of_result("images", write_images(source, out, params["size"]))
+    return Manifest.of_result("images", write_images(source, out, params.size))
 
 
-@kexue_task("feature-net", code=("kexue.gan.eval.metrics",))
-def feature_net_task(store: Store, images: Manifest, params: dict[str, Any]) -> Manifest:
+@kexue_task("feature-net")
+def feature_net_task(store: Store, images: Manifest, params: FeatureNetParams) -> Manifest:
     """The classifier whose features FID, KID, IS and precision/recall are measured in."""
     from kexue.gan.eval.metrics import save_feature_model, train_feature_model
 
     _single_threaded_tf()
     x = np.load(images.files["images"].path)
     y = np.load(images.files["labels"].path) if "labels" in images.files else None
-    model, info = train_feature_model(x, y, seed=params["seed"], epochs=params["epochs"])
+    model, info = train_feature_model(x, y, seed=params.seed, epochs=params.epochs)
     out = store.stage_dir("gan", sha256_text("feature-net", images.fingerprint(), stable_json(params)))
     path = save_feature_model(model, out / "feature_net.keras")
     return Manifest(stage="feature-net", files={"model": FileRef.of(path)}, metrics=info)
 
 
-@kexue_task("gan-run", code=("kexue.gan.train", "kexue.gan.cascading", "kexue.gan.eval.metrics", "kexue.optim.factory"), retries=0)
+@kexue_task("gan-run", retries=0)
 def gan_run_task(store: Store, images: Manifest, feature_net: Manifest, variant: str, params: dict[str, Any]) -> Manifest:
     """Train one variant for one seed, tracking FID over training; resumable per epoch."""
     from kexue.gan.train import train_gan
@@ -68,8 +69,8 @@ def gan_run_task(store: Store, images: Manifest, feature_net: Manifest, variant:
     return Manifest.of_result("gan-run", result)
 
 
-@kexue_task("gan-eval", code=("kexue.gan.eval.metrics",))
-def gan_eval_task(store: Store, gan: Manifest, params: dict[str, Any]) -> Manifest:
+@kexue_task("gan-eval")
+def gan_eval_task(store: Store, gan: Manifest, params: GanEvalParams) -> Manifest:
     """Every variant × seed: final/best FID, KID, IS, precision/recall; Welch's t-test vs baseline."""
     from kexue.gan.eval.metrics import compare_variants
 
@@ -82,4 +83,4 @@ def gan_eval_task(store: Store, gan: Manifest, params: dict[str, Any]) -> Manife
             if variant not in samples:
                 samples[variant] = np.load(gan.files[f"{variant}/{seed}/samples_final"].path)
     out = store.stage_dir("gan_eval", sha256_text(gan.fingerprint(), stable_json(params)))
-    return Manifest.of_result("gan_eval", compare_variants(records, out, baseline=params["baseline"], samples=samples, alpha=params["alpha"]))
+    return Manifest.of_result("gan_eval", compare_variants(records, out, baseline=params.baseline, samples=samples, alpha=params.alpha))

@@ -187,6 +187,7 @@ def _generator_weights(out_dir: Path):
     return keras.saving.load_model(out_dir / "generator.keras", safe_mode=True).get_weights()
 
 
+@pytest.mark.slow
 def test_gan_trains_checkpoints_and_resumes_with_the_same_step(tmp_path, tiny_images):
     calls: list[int] = []
     first = train_gan(tiny_images, str(tmp_path / "run"), {**TINY, "epochs": 2}, str(tmp_path / "ckpt"),

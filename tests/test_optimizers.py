@@ -523,6 +523,7 @@ print(json.dumps(max(float(np.abs(a - b).max()) for a, b in zip(single, mirrored
 """
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_with_two_replicas_matches_single_device():
     """Two logical CPUs need a fresh TF runtime, hence the subprocess."""
     import subprocess
