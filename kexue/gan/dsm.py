@@ -66,7 +66,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "batch_size": 128,
     "body": "mlp",             # mlp: images flattened to vectors | conv: 3×3 convolutions at full resolution
     "width": 128,              # units (mlp) or channels (conv) of every block
-    "depth": 3,                # residual blocks
+    "depth": 2,                # residual blocks
     "levels": 24,              # L noise levels
     "sigma_max": None,         # σ₁; None = the data's largest pairwise distance
     "sigma_min": 0.02,         # σ_L
@@ -388,8 +388,9 @@ def train_dsm(
         t0 = time.perf_counter()
         samples = model.sample(n_eval, seed=seed + 1, **langevin).reshape((n_eval, *images.shape[1:]))
         sampling_seconds = time.perf_counter() - t0
-        state["sampling"] = {"network_evaluations_per_sample": network_evaluations(p["levels"], **{
-            k: p[k] for k in ("steps_per_level", "denoise")}), "seconds_per_1000": 1000 * sampling_seconds / n_eval}
+        # the Langevin settings travel with the cost, so the evaluation step can re-time the sampler
+        state["sampling"] = {**langevin, "network_evaluations_per_sample": network_evaluations(
+            p["levels"], p["steps_per_level"], p["denoise"]), "seconds_per_1000": 1000 * sampling_seconds / n_eval}
         if eval_fn is not None:
             state["eval"].append({"step": step, **eval_fn(samples, step)})
         state["eval_seconds"] += time.perf_counter() - t0
