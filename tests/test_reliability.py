@@ -194,7 +194,30 @@ def test_killed_worker_mid_tokenisation_still_gives_exact_counts(tmp_path, prefe
 
 
 @pytest.mark.slow
-def test_corrupted_artifact_is_detected_and_recomputed(project):
+def damage_warnings(capfd) -> list[str]:
+    """The console lines (stdout/stderr of this process and the Dask workers it started) that
+    report a damaged cached artifact."""
+    out, err = capfd.readouterr()
+    return [line for line in (out + err).splitlines() if "cached artifact is damaged" in line]
+
+
+def api_warnings(flow_run_id: str, needle: str, expected: int, timeout: float = 30) -> list[str]:
+    """Warnings containing ``needle`` that the run sent to the Prefect API (what the UI shows),
+    read back with the client; waits for ``expected`` of them (workers send logs in batches)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterLevel
+
+    deadline = time.time() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            logs = client.read_logs(log_filter=LogFilter(level=LogFilterLevel(ge_=30), flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            found = [log.message for log in logs if needle in log.message]
+            if len(found) >= expected or time.time() > deadline:
+                return found
+            time.sleep(1)
+
+
+def test_corrupted_artifact_is_detected_and_recomputed(project, capfd):
     first = project.run(["count"])
     tok_files = project.stage(first, "tokenize")["files"]["partitions"]
     victim = Path(tok_files[0])
@@ -202,7 +225,13 @@ def test_corrupted_artifact_is_detected_and_recomputed(project):
     victim.write_bytes(good[: len(good) // 2])  # truncated on disk
     vocab = Path(project.stage(first, "count")["files"]["vocabulary"])
     vocab.write_bytes(b"garbage")
+    capfd.readouterr()
     second = project.run(["count"])
+    # said once per damaged file, one line each, on the console and in the run's Prefect log
+    lines = damage_warnings(capfd)
+    assert len(lines) == 2 and any(str(victim) in line for line in lines) and any(str(vocab) in line for line in lines), lines
+    logged = api_warnings(second["flow_run_id"], "cached artifact is damaged", 2)
+    assert len(logged) == 2 and all("\n" not in m for m in logged), logged
     tok = project.stage(second, "tokenize")
     assert tok["cached"] is False and tok["metrics"]["partitions_cached"] == len(tok_files) - 1
     assert any(str(victim) in r for r in tok["metrics"]["repaired"])
