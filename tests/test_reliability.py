@@ -193,7 +193,6 @@ def test_killed_worker_mid_tokenisation_still_gives_exact_counts(tmp_path, prefe
         scheduler.stop()
 
 
-@pytest.mark.slow
 def damage_warnings(capfd) -> list[str]:
     """The console lines (stdout/stderr of this process and the Dask workers it started) that
     report a damaged cached artifact."""
@@ -217,6 +216,7 @@ def api_warnings(flow_run_id: str, needle: str, expected: int, timeout: float = 
             time.sleep(1)
 
 
+@pytest.mark.slow
 def test_corrupted_artifact_is_detected_and_recomputed(project, capfd):
     first = project.run(["count"])
     tok_files = project.stage(first, "tokenize")["files"]["partitions"]
