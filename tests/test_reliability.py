@@ -309,7 +309,7 @@ def test_security_scan_passes_the_safe_forms():
     assert findings(SAFE) == []
 
 
-def test_security_basics(prefect_api):
+def test_security_basics():
     from source_scan import scan_tree
 
     assert scan_tree(ROOT, ("kexue", "flows", "tasks", "benchmarks")) == []
@@ -328,14 +328,18 @@ def test_security_basics(prefect_api):
     for doc in ("README.md", "prefect.yaml", "conf/cluster.yaml"):
         starts = re.findall(r"(?:prefect server start|dask scheduler)[^\n]*", (ROOT / doc).read_text(encoding="utf-8"))
         assert starts and all("--host 127.0.0.1" in line for line in starts), (doc, starts)
-    # the embedded Prefect API (flows.runtime.embedded_api, the session's) listens on loopback only
-    port = int(prefect_api.split(":")[2].split("/")[0])
-    loop, other = loopback_only({port})
-    assert loop and not other, (loop, other)
-    # and the check can fail: a socket on all interfaces is reported
+    # the check below can fail: a socket on all interfaces is reported
     import socket
 
     with socket.socket() as s:
         s.bind(("0.0.0.0", 0))
         s.listen()
         assert loopback_only({s.getsockname()[1]})[1]
+
+
+@pytest.mark.slow  # the session's embedded API takes tens of seconds to start; the slow tests share it
+def test_embedded_prefect_api_listens_on_loopback_only(prefect_api):
+    """flows.runtime.embedded_api (the session's API, as `kexue run` starts it): its real socket."""
+    port = int(prefect_api.split(":")[2].split("/")[0])
+    loop, other = loopback_only({port})
+    assert loop and not other, (loop, other)
