@@ -151,7 +151,14 @@ def test_killed_worker_mid_tokenisation_still_gives_exact_counts(tmp_path, prefe
         from flows.pipeline import pipeline
 
         out: dict = {}
-        t = threading.Thread(target=lambda: out.update(summary=pipeline(str(ROOT / "pipeline.yaml"), str(profile), [], ["count"], "kill-worker")))
+
+        def run() -> None:
+            try:
+                out["summary"] = pipeline(str(ROOT / "pipeline.yaml"), str(profile), [], ["count"], "kill-worker")
+            except Exception as e:  # surfaced below
+                out["error"] = e
+
+        t = threading.Thread(target=run)
         t.start()
         lost = None
         deadline = time.time() + 600
@@ -166,6 +173,7 @@ def test_killed_worker_mid_tokenisation_still_gives_exact_counts(tmp_path, prefe
         assert lost, "the victim never executed a tokenize task"
         assert workers["victim"].proc.wait(timeout=60) == -signal.SIGKILL
         t.join(timeout=900)
+        assert "error" not in out, out.get("error")
         summary = out["summary"]
         assert summary["status"] == "completed"
         # the lost task was computed again, on the survivor, after the kill
