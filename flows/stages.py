@@ -16,7 +16,7 @@ from kexue.core.artifacts import Manifest
 from kexue.gan.data import image_source_fingerprint
 from kexue.text.tokenize import prf
 from tasks.caching import Store
-from kexue.gan.params import GanTrainParams
+from kexue.gan.params import GanEvalParams, GanTrainParams, ImagesParams
 from tasks.gan import feature_net_task, gan_eval_task, gan_run_task, images_task
 from tasks.jose import jose_task
 from tasks.jose import previous_output as previous_jose_output
@@ -165,8 +165,9 @@ def run_jose(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> 
     return StageOutcome(manifest, all_cached([fut]))
 
 
-def run_images(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
-    fut = ctx.t(images_task).submit(ctx.store, params, image_source_fingerprint(params["source"], ctx.store.base_dir))
+def run_images(ctx: StageContext, params: ImagesParams | dict, upstream: dict[str, Manifest]) -> StageOutcome:
+    params = ImagesParams.model_validate(params)  # a no-op once the registry passes the model itself
+    fut = ctx.t(images_task).submit(ctx.store, params, image_source_fingerprint(params.source, ctx.store.base_dir))
     (manifest,) = wait(ctx, [fut], "images")
     return StageOutcome(manifest, all_cached([fut]))
 
@@ -177,30 +178,36 @@ RUN_FILES = ("history", "samples_final", "generator", "generator_best")
 GRID_FILES = ("grid_final", "grid_best")
 
 
-def run_gan(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
+def run_gan(ctx: StageContext, params: GanTrainParams | dict, upstream: dict[str, Manifest]) -> StageOutcome:
     images = upstream_of(upstream, "images")
-    spec = GanTrainParams.model_validate(params)
-    feature = ctx.t(feature_net_task).submit(ctx.store, images, params["feature_net"])
-    runs = spec.runs()
-    # one Dask task per (variant, seed): they train in parallel across the workers
-    futures = [ctx.t(gan_run_task).submit(ctx.store, images, feature, variant, p) for variant, _, p in runs]
-    wait(ctx, [feature, *futures], f"gan: {len(runs)} runs")
+    spec = GanTrainParams.model_validate(params)  # a no-op once the registry passes the model itself
+    feature = ctx.t(feature_net_task).submit(ctx.store, images, spec.feature_net)
+    # one Dask task per variant, training its seeds together: variants run in parallel across the workers
+    futures = {variant: ctx.t(gan_run_task).submit(ctx.store, images, feature, variant, p, spec.seeds)
+               for variant, p in spec.runs().items()}
+    wait(ctx, [feature, *futures.values()], f"gan: {len(futures)} variants × {len(spec.seeds)} seeds")
     files = {"feature_net": feature.result().files["model"]}
     table = []
-    for (variant, seed, _), fut in zip(runs, futures):
+    for variant, fut in futures.items():
         m = fut.result()
-        keep = RUN_FILES + (GRID_FILES if seed == spec.seeds[0] else ())
-        files.update({f"{variant}/s{seed}/{k}": ref for k, ref in m.files.items() if k in keep})
-        best, final = m.metrics.get("best_eval") or {}, m.metrics.get("final_eval") or {}
-        table.append({"variant": variant, "seed": seed, "steps": m.metrics["step"],
-                      "fid_final": final.get("fid"), "fid_best": best.get("fid"), "best_step": best.get("step"),
-                      "seconds": round(m.metrics["seconds"], 1), "resumed_from_step": m.metrics["resumed_from_step"]})
+        for seed in spec.seeds:
+            keep = RUN_FILES + (GRID_FILES if seed == spec.seeds[0] else ())
+            files.update({f"{variant}/s{seed}/{k}": m.files[f"s{seed}/{k}"] for k in keep if f"s{seed}/{k}" in m.files})
+            run = m.metrics["runs"][str(seed)]
+            best, final = run.get("best_eval") or {}, run.get("final_eval") or {}
+            table.append({"variant": variant, "seed": seed, "steps": run["step"],
+                          "fid_final": final.get("fid"), "fid_best": best.get("fid"), "best_step": best.get("step"),
+                          "seconds": round(run["seconds"], 1), "steps_per_second": run["steps_per_second"],
+                          "resumed_from_step": run["resumed_from_step"]})
     metrics = {"runs": table, "feature_net": feature.result().metrics,
-               "train_seconds_total": round(sum(r["seconds"] for r in table), 1)}
-    return StageOutcome(Manifest(stage="gan", files=files, metrics=metrics), all_cached([feature, *futures]))
+               # seeds of a variant train together: each variant's seconds count once
+               "train_seconds_total": round(sum(fut.result().metrics["runs"][str(spec.seeds[0])]["seconds"]
+                                                for fut in futures.values()), 1)}
+    return StageOutcome(Manifest(stage="gan", files=files, metrics=metrics), all_cached([feature, *futures.values()]))
 
 
-def run_gan_eval(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
+def run_gan_eval(ctx: StageContext, params: GanEvalParams | dict, upstream: dict[str, Manifest]) -> StageOutcome:
+    params = GanEvalParams.model_validate(params)  # a no-op once the registry passes the model itself
     fut = ctx.t(gan_eval_task).submit(ctx.store, upstream_of(upstream, "gan"), params)
     (manifest,) = wait(ctx, [fut], "gan evaluation")
     return StageOutcome(manifest, all_cached([fut]),

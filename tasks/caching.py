@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from prefect import task
+from pydantic import BaseModel
 
 from kexue.core.artifacts import FileRef, Manifest, sha256_file, sha256_text, stable_json, write_json_atomic
 
@@ -58,6 +59,8 @@ def fingerprint(value: Any) -> str:
         return value.fingerprint()
     if isinstance(value, FileRef):
         return value.sha256
+    if isinstance(value, BaseModel):  # validated params travel typed
+        return stable_json(value.model_dump(mode="json"))
     if isinstance(value, (list, tuple)):
         return sha256_text("list", *(fingerprint(v) for v in value))
     if isinstance(value, dict):

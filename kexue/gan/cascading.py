@@ -12,7 +12,7 @@ cascade threw away:
     v_{k+1} = v_k − (⟨v_k, w_k⟩ / ‖w_k‖²) w_k          (so ⟨v_{k+1}, w_k⟩ = 0)
 
 The layer returns the N scores (batch, N); N = 1 is exactly the plain linear score ⟨v, w⟩.
-Each score then gets its own GAN loss (see ``kexue.gan.train``).
+Each score then gets its own GAN loss (see ``kexue.gan.cascade_gan``).
 """
 from __future__ import annotations
 
