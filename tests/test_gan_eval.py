@@ -116,9 +116,9 @@ def test_other_image_sizes_get_a_deeper_network(digits):
 def test_fid_of_a_set_against_itself_is_zero(trained, digits):
     model, _ = trained
     x, _ = digits
-    metrics = metrics.evaluate_samples(x, x, model)
-    assert abs(metrics["fid"]) < 1e-6
-    assert metrics["precision"] == 1.0 and metrics["recall"] == 1.0
+    row = metrics.evaluate_samples(x, x, model)
+    assert abs(row["fid"]) < 1e-6
+    assert row["precision"] == 1.0 and row["recall"] == 1.0
 
 
 def test_fid_grows_monotonically_with_added_noise(noisy_metrics):
@@ -132,9 +132,9 @@ def test_fid_of_uniform_noise_is_far_from_real(trained, halves):
     model, _ = trained
     _, b = halves
     noise = np.random.default_rng(2).uniform(-1.0, 1.0, b.shape).astype(np.float32)
-    metrics = metrics.evaluate_samples(noise, b, model)
-    assert metrics["fid"] > 50.0
-    assert metrics["precision"] < 0.3
+    row = metrics.evaluate_samples(noise, b, model)
+    assert row["fid"] > 50.0
+    assert row["precision"] < 0.3
 
 
 def test_frechet_distance_matches_closed_form_for_diagonal_gaussians():

@@ -3,7 +3,7 @@
 What it holds: the generator's and discriminator's variables, both optimizers' variables
 (moments, iteration counters, Lookahead slow weights, …), every member's noise-RNG state,
 the step counter, each member's best-generator snapshot, and the run's JSON state (config
-identity, histories). Every variable is stored under its Keras path (``generators/s3_up0/kernel``,
+identity, histories). Every variable is stored under its name (``generators/s3_up0/kernel``,
 ``g_optimizer/lookahead/s3_up0_kernel_slow``), never by its position, so the checkpoint says
 what it holds and a variable added elsewhere in the model does not shift the others. (A
 ``tf.train.Checkpoint`` of the Keras 3 objects themselves would key optimizer slots by
@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from kexue.gan.cascade_gan import CascadeGAN
+from kexue.optim.wrapper import OptimizerWrapper
 
 
 def _named(variables: Iterable, where: str) -> dict[str, Any]:
@@ -33,6 +34,21 @@ def _named(variables: Iterable, where: str) -> dict[str, Any]:
             raise ValueError(f"{where}: two variables are named {path!r}; a checkpoint keyed by name needs unique names")
         named[path] = v
     return named
+
+
+def _optimizer_variables(optimizer) -> dict[str, Any]:
+    """An optimizer's variables (a wrapper's own, then its inner optimizer's, …) keyed
+    ``<class>/<variable>``: Keras names optimizers ``adam``, ``adam_1``, … in creation order,
+    which differs between processes, so the instance name cannot be part of the key."""
+    named: dict[str, Any] = {}
+    while True:
+        own = optimizer._variables if isinstance(optimizer, OptimizerWrapper) else optimizer.variables
+        role = type(optimizer).__name__.lower()
+        for key, v in _named(own, role).items():
+            named[f"{role}/{key.split('/', 1)[-1]}"] = v
+        if not isinstance(optimizer, OptimizerWrapper):
+            return named
+        optimizer = optimizer.inner_optimizer
 
 
 class GanCheckpoint:
@@ -51,8 +67,8 @@ class GanCheckpoint:
         self.checkpoint = tf.train.Checkpoint(
             generators=_named((v for g in gan.generators for v in g.variables), "generators"),
             discriminators=_named((v for d in gan.discriminators for v in d.variables), "discriminators"),
-            d_optimizer=_named(gan.d_optimizer.variables, "d_optimizer"),
-            g_optimizer=_named(gan.g_optimizer.variables, "g_optimizer"),
+            d_optimizer=_optimizer_variables(gan.d_optimizer),
+            g_optimizer=_optimizer_variables(gan.g_optimizer),
             noise=_named((s.state for s in gan.noise), "noise"),
             step=gan.step,
             best={f"s{seed}": weights for seed, weights in self.best.items()},
