@@ -172,6 +172,7 @@ def test_initial_weights_depend_on_the_seed_only_even_while_other_threads_use_ra
 # would move its weights by far more.
 _SGD = {"name": "sgd", "learning_rate": 0.02, "momentum": 0.9}
 TINY = GanRunParams(cascades=2, width=8, latent_dim=8, batch_size=32, eval_every=8, eval_samples=64, grid=4,
+                    jit_compile=False,  # compiling costs more than these few steps; the resume test uses XLA
                     d_optimizer=_SGD,
                     # a derived optimizer with its own state (slow weights): resume must restore it too
                     g_optimizer={"name": "adam", "learning_rate": 2e-4, "beta_1": 0.5, "lookahead": {"k": 3, "alpha": 0.5}})
@@ -203,9 +204,9 @@ def _tiny(**update) -> GanRunParams:
 
 
 def test_gan_trains_checkpoints_and_resumes_equal_to_an_uninterrupted_run(tmp_path, tiny_images):
-    """Both optimizers are the default Adam's kind (g: Adam + Lookahead): resumed == straight."""
+    """Compiled with XLA as in the pipeline; g: Adam + Lookahead, d: SGD: resumed == straight."""
     calls: list[tuple[int, bool]] = []
-    first = train_gan(tiny_images, str(tmp_path / "run"), _tiny(epochs=2), SEEDS, str(tmp_path / "ckpt"),
+    first = train_gan(tiny_images, str(tmp_path / "run"), _tiny(epochs=2, jit_compile=True), SEEDS, str(tmp_path / "ckpt"),
                       eval_fn=_eval_fn(calls))
     m = first[3]["metrics"]
     assert m["step"] == 8 and m["epochs"] == 2 and m["resumed_from_step"] == 0 and m["seeds_together"] == 2
@@ -219,7 +220,7 @@ def test_gan_trains_checkpoints_and_resumes_equal_to_an_uninterrupted_run(tmp_pa
     assert Image.open(first[3]["files"]["grid_final"]).size == ((4 * 9 - 1) * 4,) * 2  # 4×4 tiles of 8 px, 1-px gaps, ×4
 
     progress: list[tuple[int, int]] = []
-    resumed = train_gan(tiny_images, str(tmp_path / "run"), _tiny(epochs=4), SEEDS, str(tmp_path / "ckpt"),
+    resumed = train_gan(tiny_images, str(tmp_path / "run"), _tiny(epochs=4, jit_compile=True), SEEDS, str(tmp_path / "ckpt"),
                         progress=lambda step, total, info: progress.append((step, total, sorted(info))),
                         eval_fn=_eval_fn(calls))
     r = resumed[3]["metrics"]
@@ -230,7 +231,7 @@ def test_gan_trains_checkpoints_and_resumes_equal_to_an_uninterrupted_run(tmp_pa
     assert [row["step"] for row in r["eval"]] == [8, 16] and calls[2:] == [(16, True), (16, True)]
 
     # An uninterrupted 4-epoch run ends with the same generators as the resumed one.
-    straight = train_gan(tiny_images, str(tmp_path / "straight"), _tiny(epochs=4), SEEDS,
+    straight = train_gan(tiny_images, str(tmp_path / "straight"), _tiny(epochs=4, jit_compile=True), SEEDS,
                          str(tmp_path / "ckpt_straight"))
     assert straight[4]["metrics"]["step"] == 16
     for seed in SEEDS:
@@ -254,7 +255,7 @@ def test_gan_trains_checkpoints_and_resumes_equal_to_an_uninterrupted_run(tmp_pa
 
 def test_resume_equals_uninterrupted_run_under_the_default_adam(tmp_path, tiny_images):
     """Plain Adam (the pipeline's optimizer) on both sides, seeds one after another."""
-    adam = GanRunParams(width=8, latent_dim=8, batch_size=32, vectorize_seeds=False)
+    adam = GanRunParams(width=8, latent_dim=8, batch_size=32, vectorize_seeds=False, jit_compile=False)
     train_gan(tiny_images, str(tmp_path / "run"), adam.model_copy(update={"epochs": 1}), [0, 1], str(tmp_path / "ckpt"))
     train_gan(tiny_images, str(tmp_path / "run"), adam.model_copy(update={"epochs": 3}), [0, 1], str(tmp_path / "ckpt"))
     train_gan(tiny_images, str(tmp_path / "straight"), adam.model_copy(update={"epochs": 3}), [0, 1],

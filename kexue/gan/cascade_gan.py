@@ -171,8 +171,7 @@ class CascadeGAN(keras.Model):
         """Images (M, n, H, W, C) from codes z (M, n, latent), each member's own, in inference mode."""
         if self._generate is None:
             self._generate = tf.function(
-                lambda codes: ops.stack([g(codes[m], training=False) for m, g in enumerate(self.generators)]),
-                jit_compile=True)
+                lambda codes: ops.stack([g(codes[m], training=False) for m, g in enumerate(self.generators)]))
         return ops.convert_to_numpy(self._generate(ops.convert_to_tensor(z)))
 
 
@@ -180,7 +179,8 @@ def build_gan(image_shape: tuple[int, int, int], params: GanRunParams, seeds: Se
               steps_per_execution: int = 1) -> CascadeGAN:
     """The compiled GAN of ``params`` with one member per seed, optimizer slots built.
 
-    ``steps_per_execution`` train steps run inside one compiled (XLA) call of ``fit``.
+    ``steps_per_execution`` train steps run inside one call of ``fit`` (compiled by XLA with
+    ``params.jit_compile``).
     """
     gan = CascadeGAN(
         [make_generator(image_shape, params.latent_dim, params.width, seed=s) for s in seeds],
@@ -188,7 +188,8 @@ def build_gan(image_shape: tuple[int, int, int], params: GanRunParams, seeds: Se
         seeds,
     )
     gan.compile(build_optimizer(params.d_optimizer), build_optimizer(params.g_optimizer), loss=params.loss,
-                cascade_weights=params.cascade_weights, steps_per_execution=steps_per_execution, jit_compile=True)
+                cascade_weights=params.cascade_weights, steps_per_execution=steps_per_execution,
+                jit_compile=params.jit_compile)
     gan.d_optimizer.build([v for d in gan.discriminators for v in d.trainable_variables])
     gan.g_optimizer.build([v for g in gan.generators for v in g.trainable_variables])
     return gan

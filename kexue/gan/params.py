@@ -48,6 +48,9 @@ class GanRunParams(BaseModel):
     # All seeds of the variant as members of one model, trained by one compiled step: exact
     # (each member as if alone) unless an optimizer couples variables (global_clipnorm).
     vectorize_seeds: bool = True
+    # Compile the train step with XLA: more steps/s, but seconds of compiling before the first
+    # step (benchmarks/gan_study.py measures both); off pays for very short runs.
+    jit_compile: bool = True
     eval_every: int = Field(500, ge=1)  # steps; FID at the first epoch end past each multiple, and at the end
     eval_samples: int = Field(2000, ge=2)  # generated images per evaluation (capped at the real set's size)
     grid: int = Field(10, ge=1)  # sample grids are grid × grid images
