@@ -28,22 +28,18 @@ def _single_threaded_tf() -> None:
         pass
 
 
-def _key(params) -> str:
-    return stable_json(params.model_dump(mode="json"))
-
-
-@kexue_task("images", code=("kexue.gan.data",))
+@kexue_task("images")
 def images_task(store: Store, params: ImagesParams, source_fingerprint: str) -> Manifest:
     from kexue.gan.data import write_images
 
-    out = store.stage_dir("images", sha256_text(_key(params), source_fingerprint))
+    out = store.stage_dir("images", sha256_text(stable_json(params), source_fingerprint))
     source = params.source
     if not source.startswith("builtin:") and not Path(source).is_absolute():
         source = str(Path(store.base_dir) / source)
     return Manifest.of_result("images", write_images(source, out, params.size))
 
 
-@kexue_task("feature-net", code=("kexue.gan.eval.features",))
+@kexue_task("feature-net")
 def feature_net_task(store: Store, images: Manifest, params: FeatureNetParams) -> Manifest:
     """The classifier whose features FID, KID, IS and precision/recall are measured in."""
     from kexue.gan.eval.features import save_feature_model, train_feature_model
@@ -52,7 +48,7 @@ def feature_net_task(store: Store, images: Manifest, params: FeatureNetParams) -
     x = np.load(images.files["images"].path)
     y = np.load(images.files["labels"].path) if "labels" in images.files else None
     model, info = train_feature_model(x, y, seed=params.seed, epochs=params.epochs)
-    out = store.stage_dir("gan", sha256_text("feature-net", images.fingerprint(), _key(params)))
+    out = store.stage_dir("gan", sha256_text("feature-net", images.fingerprint(), stable_json(params)))
     path = save_feature_model(model, out / "feature_net.keras")
     return Manifest(stage="feature-net", files={"model": FileRef.of(path)}, metrics=info)
 
@@ -79,8 +75,7 @@ class ProgressLines:
         emit("gan", ", ".join(parts), variant=self.variant, step=step, total=total, **info)
 
 
-@kexue_task("gan-run", code=("kexue.gan.train", "kexue.gan.cascade_gan", "kexue.gan.models", "kexue.gan.cascading",
-                             "kexue.gan.checkpoint", "kexue.gan.eval.metrics", "kexue.optim.factory"), retries=0)
+@kexue_task("gan-run", retries=0)
 def gan_run_task(store: Store, images: Manifest, feature_net: Manifest, variant: str, params: GanRunParams,
                  seeds: list[int]) -> Manifest:
     """Train one variant for its seeds (together, as one model), tracking FID; resumable per epoch.
@@ -93,7 +88,7 @@ def gan_run_task(store: Store, images: Manifest, feature_net: Manifest, variant:
     from kexue.gan.train import train_gan
 
     _single_threaded_tf()
-    key = sha256_text(images.fingerprint(), feature_net.fingerprint(), variant, _key(params), stable_json(seeds))
+    key = sha256_text(images.fingerprint(), feature_net.fingerprint(), variant, stable_json(params), stable_json(seeds))
     out, checkpoints = store.stage_dir("gan", key), store.stage_dir("gan-checkpoints", key)
     real = np.load(images.files["images"].path)
     eval_fn = make_eval_fn(real, load_feature_model(feature_net.files["model"].path))
@@ -105,7 +100,7 @@ def gan_run_task(store: Store, images: Manifest, feature_net: Manifest, variant:
     return Manifest.of_result("gan-run", {"files": files, "metrics": {"variant": variant, "runs": runs}})
 
 
-@kexue_task("gan-eval", code=("kexue.gan.eval.compare", "kexue.gan.eval.plots"))
+@kexue_task("gan-eval")
 def gan_eval_task(store: Store, gan: Manifest, params: GanEvalParams) -> Manifest:
     """Every variant × seed: final/best FID, KID, IS, precision/recall; Welch's t-test vs baseline."""
     from kexue.gan.eval.compare import compare_variants
@@ -118,6 +113,6 @@ def gan_eval_task(store: Store, gan: Manifest, params: GanEvalParams) -> Manifes
             records.append({"variant": variant, "seed": int(seed[1:]), "history": history["eval"]})
             if variant not in samples:
                 samples[variant] = np.load(gan.files[f"{variant}/{seed}/samples_final"].path)
-    out = store.stage_dir("gan_eval", sha256_text(gan.fingerprint(), _key(params)))
+    out = store.stage_dir("gan_eval", sha256_text(gan.fingerprint(), stable_json(params)))
     return Manifest.of_result("gan_eval", compare_variants(records, out, baseline=params.baseline,
                                                            samples=samples, alpha=params.alpha))

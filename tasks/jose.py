@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from prefect import get_run_logger
 
 from kexue.core.artifacts import FileRef, Manifest, sha256_text, stable_json, write_json_atomic
+from kexue.embed.params import JoseParams
 from tasks.caching import Store, kexue_task
-
-STAGE_KEYS = ("warm_start",)  # stage-level params; the rest are JoseConfig fields
-
 
 def previous_output(store: Store) -> Manifest | None:
     """The manifest of the last JoSE training that finished (for warm starts)."""
@@ -22,8 +19,8 @@ def previous_output(store: Store) -> Manifest | None:
     return None if manifest.problems() else manifest
 
 
-@kexue_task("jose", code=("kexue.embed.jose", "kexue.embed.params", "kexue.embed.word2vec", "kexue.embed.evaluate"), retries=0)
-def jose_task(store: Store, tokens: Manifest, vocabulary: FileRef, params: dict[str, Any],
+@kexue_task("jose", retries=0)
+def jose_task(store: Store, tokens: Manifest, vocabulary: FileRef, params: JoseParams,
               warm_from: Manifest | None = None) -> Manifest:
     """Train JoSE on the tokens partitions. Checkpoints live in a folder keyed by the inputs,
     so a killed run resumes from its last finished epoch."""
@@ -37,7 +34,7 @@ def jose_task(store: Store, tokens: Manifest, vocabulary: FileRef, params: dict[
             last[0] = done / total
             logger.info("jose: %.0f%% of %d tokens", 100 * done / total, total)
 
-    config = {k: v for k, v in params.items() if k not in STAGE_KEYS}
+    config = params.model_dump(exclude={"warm_start"})
     warm_dir = str(Path(warm_from.files["u"].path).parent) if warm_from else None
     from kexue.embed.jose import train_jose_stage  # TensorFlow: imported by the JoSE task only, not by every worker
 

@@ -63,9 +63,15 @@ def tree_hashes(path: str | os.PathLike) -> list[str]:
     return out
 
 
+def _plain(obj: Any) -> Any:
+    """JSON for what json does not know: validated parameter models by their values."""
+    dump = getattr(obj, "model_dump", None)
+    return dump(mode="json") if callable(dump) else str(obj)
+
+
 def stable_json(obj: Any) -> str:
     """Canonical JSON used for hashing parameters (sorted keys, no spaces)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_plain)
 
 
 def _seal(tmp: Path) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, model_validator
+
 from kexue.core.artifacts import sha256_text, stable_json
 
 DEFAULT_PROBE_WORDS = ("中国", "经济", "北京", "足球", "银行", "教育")
@@ -82,3 +84,38 @@ class JoseConfig:
         """What a checkpoint must agree on to be resumed (evaluation settings excluded)."""
         keys = ("dim", "window", "negative", "margin", "alpha", "min_count", "sample", "epochs", "seed", "batch_size")
         return sha256_text(stable_json({k: getattr(self, k) for k in keys}))
+
+
+class JoseParams(BaseModel):
+    """The ``jose`` stage's parameters: every JoseConfig field plus ``warm_start``.
+
+    Unknown keys are refused by pydantic (``extra="forbid"``), so the config loader's one
+    did-you-mean formatter names them; values are checked by JoseConfig.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    dim: int = JoseConfig.dim
+    window: int = JoseConfig.window
+    negative: int = JoseConfig.negative
+    margin: float = JoseConfig.margin
+    alpha: float = JoseConfig.alpha
+    min_count: int = JoseConfig.min_count
+    sample: float = JoseConfig.sample
+    epochs: int = JoseConfig.epochs
+    seed: int = JoseConfig.seed
+    threads: int = JoseConfig.threads
+    batch_size: int = JoseConfig.batch_size
+    steps_per_block: int = JoseConfig.steps_per_block
+    probe_words: tuple[str, ...] = DEFAULT_PROBE_WORDS
+    label_source: str | None = JoseConfig.label_source
+    strategy: str = JoseConfig.strategy
+    warm_start: bool = False  # start from the last finished training's vectors (retraining)
+
+    @model_validator(mode="after")
+    def _values(self):
+        self.config()
+        return self
+
+    def config(self) -> JoseConfig:
+        """The training hyper-parameters (everything but the stage's ``warm_start``)."""
+        return JoseConfig(**self.model_dump(exclude={"warm_start"}))

@@ -30,7 +30,7 @@ from keras import ops
 
 from kexue.gan.models import make_discriminator, make_generator
 from kexue.gan.params import LOSSES, GanRunParams
-from kexue.optim import build_optimizer
+from kexue.optim.factory import build_optimizer
 
 
 def _distribution_scale(loss):
