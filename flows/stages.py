@@ -187,28 +187,31 @@ GRID_FILES = ("grid_final", "grid_best")
 def run_gan(ctx: StageContext, params: GanTrainParams, inputs: Inputs) -> StageOutcome:
     images, spec = inputs["images"], params
     feature = ctx.submit(feature_net_task, ctx.store, images, spec.feature_net)
-    # one Dask task per variant, training its seeds together: variants run in parallel across the workers
-    futures = {variant: ctx.submit(gan_run_task, ctx.store, images, feature, variant, p, spec.seeds)
-               for variant, p in spec.runs().items()}
-    wait(ctx, [feature, *futures.values()], f"gan: {len(futures)} variants × {len(spec.seeds)} seeds")
+    # one Dask task per variant training its seeds together (vectorize_seeds), else one per
+    # (variant, seed); the tasks run in parallel across the workers
+    jobs = [(variant, seeds) for variant, p in spec.runs().items()
+            for seeds in ([spec.seeds] if p.vectorize_seeds else [[s] for s in spec.seeds])]
+    runs = spec.runs()
+    futures = [ctx.submit(gan_run_task, ctx.store, images, feature, variant, runs[variant], seeds) for variant, seeds in jobs]
+    wait(ctx, [feature, *futures], f"gan: {len(spec.variants)} variants × {len(spec.seeds)} seeds in {len(futures)} tasks")
     files = {"feature_net": feature.result().files["model"]}
     table = []
-    for variant, fut in futures.items():
+    for (variant, seeds), fut in zip(jobs, futures):
         m = fut.result()
-        for seed in spec.seeds:
+        for seed in seeds:
             keep = RUN_FILES + (GRID_FILES if seed == spec.seeds[0] else ())
             files.update({f"{variant}/s{seed}/{k}": m.files[f"s{seed}/{k}"] for k in keep if f"s{seed}/{k}" in m.files})
             run = m.metrics["runs"][str(seed)]
             best, final = run.get("best_eval") or {}, run.get("final_eval") or {}
-            table.append({"variant": variant, "seed": seed, "steps": run["step"],
+            table.append({"variant": variant, "seed": seed, "steps": run["step"], "seeds_together": len(seeds),
                           "fid_final": final.get("fid"), "fid_best": best.get("fid"), "best_step": best.get("step"),
                           "seconds": round(run["seconds"], 1), "steps_per_second": run["steps_per_second"],
                           "resumed_from_step": run["resumed_from_step"]})
     metrics = {"runs": table, "feature_net": feature.result().metrics,
-               # seeds of a variant train together: each variant's seconds count once
-               "train_seconds_total": round(sum(fut.result().metrics["runs"][str(spec.seeds[0])]["seconds"]
-                                                for fut in futures.values()), 1)}
-    return StageOutcome(Manifest(stage="gan", files=files, metrics=metrics), all_cached([feature, *futures.values()]))
+               # seeds trained together share their seconds: count each task's once
+               "train_seconds_total": round(sum(f.result().metrics["runs"][str(seeds[0])]["seconds"]
+                                                for (_, seeds), f in zip(jobs, futures)), 1)}
+    return StageOutcome(Manifest(stage="gan", files=files, metrics=metrics), all_cached([feature, *futures]))
 
 
 def run_gan_eval(ctx: StageContext, params: GanEvalParams, inputs: Inputs) -> StageOutcome:
