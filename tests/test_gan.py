@@ -142,7 +142,7 @@ def test_initial_weights_depend_on_the_seed_only_even_while_other_threads_use_ra
             random.random()
 
     def weights():
-        gan = build_gan((8, 8, 1), TINY.model_copy(update={"spectral_norm": True}), [3])
+        gan = build_gan((8, 8, 1), _tiny(spectral_norm=True), [3])
         features = build_feature_model((8, 8, 1), 10, seed=3)
         return [*gan.generators[0].get_weights(), *gan.discriminators[0].get_weights(), *features.get_weights()]
 
@@ -160,7 +160,7 @@ def test_initial_weights_depend_on_the_seed_only_even_while_other_threads_use_ra
     other = build_gan((8, 8, 1), TINY, [4])
     assert not np.array_equal(other.generators[0].get_weights()[0], first[0])
     # a member's initial weights are its seed's, whichever seeds train with it
-    together = build_gan((8, 8, 1), TINY.model_copy(update={"spectral_norm": True}), [5, 3])
+    together = build_gan((8, 8, 1), _tiny(spectral_norm=True), [5, 3])
     for a, b in zip(together.generators[1].get_weights(), first):
         np.testing.assert_array_equal(a, b)
 
@@ -200,7 +200,7 @@ def _generator_weights(out_dir: Path, seed: int):
 
 
 def _tiny(**update) -> GanRunParams:
-    return TINY.model_copy(update=update)
+    return GanRunParams.model_validate({**TINY.model_dump(exclude_unset=True), **update})
 
 
 def test_gan_trains_checkpoints_and_resumes_equal_to_an_uninterrupted_run(tmp_path, tiny_images):

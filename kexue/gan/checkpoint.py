@@ -75,6 +75,7 @@ class GanCheckpoint:
             state=self.state,
         )
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.directory), max_to_keep=1)
+        self.checkpoint.save_counter  # noqa: B018 - created now (not lazily), so a restore consumes it too
 
     def exists(self) -> bool:
         return self.manager.latest_checkpoint is not None
@@ -99,7 +100,7 @@ class GanCheckpoint:
             raise ValueError(f"{path} is from a different run: {stored['identity']} != {identity}")
         try:
             self.checkpoint.restore(path).assert_consumed()
-        except AssertionError as e:
+        except (AssertionError, ValueError) as e:  # a name missing on either side; a shape that differs
             raise ValueError(f"{path} does not hold exactly this model's variables: {e}") from None
         state = json.loads(self.state.numpy().decode())
         best = {seed: {name: v.numpy() for name, v in weights.items()}
