@@ -203,6 +203,7 @@ def _tiny(**update) -> GanRunParams:
     return GanRunParams.model_validate({**TINY.model_dump(exclude_unset=True), **update})
 
 
+@pytest.mark.slow
 def test_gan_trains_checkpoints_and_resumes_equal_to_an_uninterrupted_run(tmp_path, tiny_images):
     """Compiled with XLA as in the pipeline; g: Adam + Lookahead, d: SGD: resumed == straight."""
     calls: list[tuple[int, bool]] = []

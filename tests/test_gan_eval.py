@@ -78,6 +78,7 @@ def test_feature_model_round_trips_through_keras_file_in_safe_mode(trained, digi
         features.save_feature_model(model, tmp_path / "features.h5")
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_for_a_seed(digits):
     x, y = digits
     m1, i1 = features.train_feature_model(x, y, seed=3, epochs=2)

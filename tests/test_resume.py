@@ -14,6 +14,8 @@ import pytest
 
 from services import BIN
 
+pytestmark = pytest.mark.slow  # every test here runs the pipeline on a real cluster
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

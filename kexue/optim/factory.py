@@ -21,7 +21,7 @@ from kexue.optim.layer_adaptation import LayerAdaptation
 from kexue.optim.lazy import Lazy
 from kexue.optim.lookahead import Lookahead
 from kexue.optim.schedule import PiecewiseLinear
-from kexue.optim.spec import OptimizerSpec
+from kexue.optim.spec import LazySpec, OptimizerSpec
 
 BASE_OPTIMIZERS: dict[str, type[keras.optimizers.Optimizer]] = {
     cls.__name__.lower(): cls
@@ -56,10 +56,16 @@ def build_optimizer(spec: OptimizerSpec | Mapping[str, Any]) -> keras.optimizers
         kwargs["learning_rate"] = PiecewiseLinear(kwargs.get("learning_rate", default_lr), spec.schedule)
 
     optimizer = base_class(**kwargs)
+    if spec.exclude_from_weight_decay is not None:
+        # Keras matches the patterns (re.search) against each variable's name ("kernel", "bias",
+        # "gamma", ...); it does not serialise them with the optimizer: runs rebuild from the spec.
+        optimizer.exclude_from_weight_decay(var_names=_patterns(spec.exclude_from_weight_decay))
     if spec.layer_adaptation:
         optimizer = LayerAdaptation(optimizer, exclude=_patterns(spec.layer_adaptation))
     if spec.lazy:
-        optimizer = Lazy(optimizer, include=_patterns(spec.lazy))
+        lazy = spec.lazy if isinstance(spec.lazy, LazySpec) else LazySpec(include=None if spec.lazy is True else spec.lazy)
+        include = None if lazy.include is None else _patterns(lazy.include)
+        optimizer = Lazy(optimizer, include=include, freeze_slots=lazy.freeze_slots)
     if spec.lookahead is not None:
         optimizer = Lookahead(optimizer, k=spec.lookahead.k, alpha=spec.lookahead.alpha)
     return optimizer

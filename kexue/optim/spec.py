@@ -58,6 +58,14 @@ class LookaheadSpec(BaseModel):
     alpha: float = Field(0.5, gt=0, le=1)
 
 
+class LazySpec(BaseModel):
+    """Lazy row updates (``kexue.optim.lazy``): which variables, and whether slot rows freeze too."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    include: str | list[str] | None = None  # variable-path substrings; None = every variable of rank >= 1
+    freeze_slots: bool = False  # TF Addons LazyAdam's behaviour; False = bert4keras' (slots keep decaying)
+
+
 class OptimizerSpec(BaseModel):
     """One optimizer: a Keras optimizer by name, its arguments, and the derived variants."""
 
@@ -111,7 +119,8 @@ class OptimizerSpec(BaseModel):
     accumulation_steps: int = Field(1, ge=1)  # micro-batches averaged per update
     layer_adaptation: bool | str | list[str] = False  # true, or variable-path substrings to exclude
     lookahead: LookaheadSpec | None = None  # true = {k: 5, alpha: 0.5}
-    lazy: bool | str | list[str] = False  # true (rank >= 1), or variable-path substrings to include
+    lazy: bool | str | list[str] | LazySpec = False  # true (rank >= 1), path substrings to include, or {include, freeze_slots}
+    exclude_from_weight_decay: str | list[str] | None = None  # variable-name patterns weight decay skips, e.g. [bias, gamma, beta]
 
     @field_validator("name", mode="before")
     @classmethod
@@ -136,6 +145,8 @@ class OptimizerSpec(BaseModel):
 
     @model_validator(mode="after")
     def _arguments_of_this_optimizer(self) -> "OptimizerSpec":
+        if self.exclude_from_weight_decay is not None and not self.weight_decay:
+            raise ValueError("exclude_from_weight_decay is given but weight_decay is not: nothing to exclude from")
         allowed = KERAS_ARGUMENTS[self.name]
         for key in self.keras_arguments():
             if key not in allowed:
@@ -145,5 +156,6 @@ class OptimizerSpec(BaseModel):
 
     def keras_arguments(self) -> dict[str, Any]:
         """The Keras constructor arguments that were given (the rest keep Keras' defaults)."""
-        derived = ("name", "schedule", "accumulation_steps", "layer_adaptation", "lookahead", "lazy")
+        derived = ("name", "schedule", "accumulation_steps", "layer_adaptation", "lookahead", "lazy",
+                   "exclude_from_weight_decay")
         return {k: getattr(self, k) for k in self.model_fields_set if k not in derived and getattr(self, k) is not None}
