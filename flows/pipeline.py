@@ -73,8 +73,10 @@ class RunRecord:
         write_json_atomic(self.latest / "run.json", {"run_id": self.data["run_id"], "run_dir": str(self.dir)})
         return path
 
-    def stage(self, **entry: Any) -> None:
+    def stage(self, order: list[str], **entry: Any) -> None:
+        """Record a finished stage; the list keeps pipeline.yaml's order, whatever finished first."""
         self.data["stages"].append(entry)
+        self.data["stages"].sort(key=lambda s: order.index(s["name"]))
         self.save()
 
 
@@ -133,7 +135,7 @@ def stages(config: str, profile: str, overrides: list[str], selected: list[str],
             else:
                 entry.update(cached=False, reason=result.reason)
             with lock:
-                record.stage(**entry)
+                record.stage(order, **entry)
             if result.status == "completed":
                 publish.stage(entry)
                 for key, (rows, description) in result.value.tables.items():

@@ -4,11 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prefect import get_run_logger
-
 from kexue.core.artifacts import FileRef, Manifest, sha256_text, stable_json, write_json_atomic
 from kexue.embed.params import JoseParams
 from tasks.caching import Store, kexue_task
+from tasks.progress import emit
 
 def previous_output(store: Store) -> Manifest | None:
     """The manifest of the last JoSE training that finished (for warm starts)."""
@@ -26,13 +25,12 @@ def jose_task(store: Store, tokens: Manifest, vocabulary: FileRef, params: JoseP
     so a killed run resumes from its last finished epoch."""
     key = sha256_text(tokens.fingerprint(), vocabulary.sha256, stable_json(params), warm_from.fingerprint() if warm_from else "")
     out, checkpoints = store.stage_dir("jose", key), store.stage_dir("jose-checkpoints", key)
-    logger = get_run_logger()
     last = [0.0]
 
     def progress(done: int, total: int) -> None:
         if total and done / total >= last[0] + 0.1:
             last[0] = done / total
-            logger.info("jose: %.0f%% of %d tokens", 100 * done / total, total)
+            emit("jose", f"{100 * done / total:.0f}% of {total} tokens", done=done, total=total)
 
     config = params.model_dump(exclude={"warm_start"})
     warm_dir = str(Path(warm_from.files["u"].path).parent) if warm_from else None

@@ -178,6 +178,7 @@ class Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_after_interrupted_epoch_continues_from_checkpoint(tmp_path):
     tokens_paths, vocab_path, _ = planted_topic_corpus(tmp_path, topics=2, docs_per_topic=10)
     config = JoseConfig.from_params({**SMALL, "epochs": 3, "steps_per_block": 2})

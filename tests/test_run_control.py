@@ -123,7 +123,7 @@ def test_the_cli_streams_progress_while_the_run_goes(tmp_path, prefect_api):
         assert f"start   {stage}" in live, text
         assert any(t.split()[:2] in (["done", stage], ["cached", stage]) for t in live), (stage, text)
     assert any(t.startswith("  tokenize") or t.startswith("  jose:") for t in live), text  # inside the stages
-    assert any(t.startswith("  jose: epoch") for t in live), text  # a worker's event, streamed as it happened
+    assert any(t.startswith("  jose: ") and "tokens" in t for t in live), text  # a worker's event, as it happened
     assert seen[0][0] < ended
 
 

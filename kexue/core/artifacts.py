@@ -9,10 +9,12 @@ Every writer here writes to a temporary file in the same directory, fsyncs, then
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -81,6 +83,23 @@ def _seal(tmp: Path) -> None:
     os.chmod(tmp, 0o644)
 
 
+def _fault_hold(tmp: Path, final: Path) -> None:
+    """Fault injection for tests: with ``KEXUE_FAULT_HOLD_WRITE="<glob>=<marker file>"``, a
+    write whose final path matches the glob stops once its temporary file is complete,
+    before the rename, records ``{tmp, final, pid}`` in the marker file and waits to be
+    killed. Why: the moment that proves (or disproves) atomicity is otherwise too short
+    for a test to kill the writer in."""
+    spec = os.environ.get("KEXUE_FAULT_HOLD_WRITE")
+    if not spec:
+        return
+    pattern, _, marker = spec.rpartition("=")
+    if fnmatch.fnmatch(str(final), pattern):
+        Path(marker + ".part").write_text(json.dumps({"tmp": str(tmp), "final": str(final), "pid": os.getpid()}))
+        os.replace(marker + ".part", marker)
+        while True:
+            time.sleep(60)
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``final``; on success move it into place atomically.
@@ -96,6 +115,7 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     try:
         yield tmp_path
         _seal(tmp_path)
+        _fault_hold(tmp_path, final)
         os.replace(tmp_path, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -218,6 +238,7 @@ def save_content_addressed(directory: str | os.PathLike, suffix: str, write) -> 
         digest = sha256_file(tmp_path)
         final = directory / digest[:2] / f"{digest}{suffix}"
         final.parent.mkdir(exist_ok=True)
+        _fault_hold(tmp_path, final)
         os.replace(tmp_path, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
