@@ -54,8 +54,9 @@ def stop_on_signals() -> None:
         stop_children()
         os._exit(128 + signum)
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    from flows import interrupt
+
+    interrupt.install(stop)  # the flows re-arm it after Prefect installs its own SIGTERM handler
 
 
 @app.command()

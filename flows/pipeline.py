@@ -21,7 +21,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.context import get_run_context
 
-from flows import publish, runtime
+from flows import interrupt, publish, runtime
 from flows.progress import RunProgress
 from flows import registry
 from flows.stages import RUNNERS, StageContext, summarize_files
@@ -83,6 +83,7 @@ class RunRecord:
 @flow(name="stages")
 def stages(config: str, profile: str, overrides: list[str], selected: list[str], run_id: str) -> dict[str, Any]:
     """Run the selected stages on the current task runner, each as soon as its inputs are done."""
+    interrupt.rearm()
     logger = get_run_logger()
     cfg = load(config, profile, overrides)
     record = RunRecord(cfg, run_id, selected)
@@ -180,6 +181,7 @@ def pipeline(config: str = "pipeline.yaml", profile: str = "local", overrides: l
     Deployed as ``pipeline/nightly`` and ``pipeline/adhoc``; ``kexue run`` calls it too,
     with ``dask_address`` of the cluster it started alongside the API.
     """
+    interrupt.rearm()
     overrides = list(overrides or [])
     cfg = load(config, profile, overrides)  # fails here, before any work, on a bad key
     inputs = {n: s.upstream for n, s in cfg.pipeline.stages.items()}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib.machinery
+import importlib.util
 import inspect
 from pathlib import Path
 from typing import Callable
@@ -31,13 +32,15 @@ LIBRARY = "kexue"
 def source_path(module: str) -> Path | None:
     """The source file of ``module`` (None for a name that is not a module, e.g. a function).
 
-    Searched package by package with ``PathFinder``, not ``importlib.util.find_spec``: that
-    imports a dotted name's parent, so asking whether ``kexue.embed.jose.train_jose_stage``
+    Below the top-level package, searched package by package with ``PathFinder``, not
+    ``importlib.util.find_spec``: that imports a dotted name's parent, so asking whether ``kexue.embed.jose.train_jose_stage``
     is a module would import ``kexue.embed.jose`` and TensorFlow with it — on the worker
     computing the JoSE task's cache key, even when the result comes from the cache.
     """
     parts = module.split(".")
-    spec = importlib.machinery.PathFinder.find_spec(parts[0])
+    # the top level through every finder (an editable install maps its packages with a finder
+    # of its own, not a sys.path entry); a top-level name has no parent to import
+    spec = importlib.util.find_spec(parts[0])
     for i in range(1, len(parts)):
         if spec is None or not spec.submodule_search_locations:  # a parent is not a package
             return None

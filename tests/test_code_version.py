@@ -61,6 +61,19 @@ def test_computing_a_code_version_never_imports_tensorflow():
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_sources_are_found_through_the_installed_packages_from_any_folder(tmp_path):
+    """A Dask worker or a deployment runs outside the checkout, with no PYTHONPATH: the
+    packages are found through the (editable) install's own finder, not a sys.path entry."""
+    script = ("from tasks.code_version import source_path\n"
+              "print(source_path('tasks.text'), source_path('kexue.embed.jose'), source_path('kexue.embed.jose.train_jose_stage'))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([str(BIN / "python"), "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text, jose, function = out.stdout.split()
+    assert Path(text).parts[-2:] == ("tasks", "text.py") and Path(jose).parts[-3:] == ("kexue", "embed", "jose.py")
+    assert function == "None"  # a function is not a module (and asking imported nothing)
+
+
 def test_code_version_changes_with_a_transitive_module(tmp_path):
     """The version is a hash of file contents: read it in a copy of the library."""
     copy = tmp_path / "src"

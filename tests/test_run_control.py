@@ -175,3 +175,35 @@ def test_ctrl_c_during_training_ends_quickly_leaves_no_process_and_the_next_run_
     stages = {s["name"]: s for s in summary["stages"]}
     assert [stages[n]["cached"] for n in ("ingest", "tokenize", "count")] == [True, True, True]
     assert stages["jose"]["metrics"]["resumed_from_epoch"] >= 1
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_run_with_its_own_api_ends_it_quickly_and_leaves_no_process(tmp_path):
+    """SIGTERM (what `timeout`, systemd or `kill` send) while a stage runs. Prefect's flow engine
+    installs its own SIGTERM handler; the run must still stop like on Ctrl-C, not hang on the
+    API it has just lost. Here the run starts its own embedded API, as `make run` does."""
+    cmd, env = _cli(tmp_path, "jose", "", epochs=8, limit=4000)
+    env.pop("PREFECT_API_URL")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    q = _lines(proc)
+    text: list[str] = []
+    deadline = time.time() + 600
+    while time.time() < deadline and not any(t.startswith("start   jose") for t in text):
+        item = q.get(timeout=600)
+        assert item is not None, "the run ended before jose started:\n" + "\n".join(text[-40:])
+        text.append(item[1])
+    os.killpg(proc.pid, signal.SIGTERM)
+    t0 = time.time()
+    try:
+        code = proc.wait(timeout=60)
+    finally:
+        took = time.time() - t0
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    while (item := q.get(timeout=10)) is not None:
+        text.append(item[1])
+    assert took <= 10 and code == 128 + signal.SIGTERM, (f"{took:.1f} s, exit {code}", text[-20:])
+    assert [t for t in text if "interrupted" in t] == ["interrupted during jose; re-run to resume"], text[-20:]
+    time.sleep(1)
+    assert _session_processes(proc.pid) == [], "orphans left behind"
