@@ -75,6 +75,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "steps_per_level": 2,      # T Langevin steps per noise level
     "epsilon": 2e-4,           # ε: the step at σ_L (α_i = ε σ_i² / σ_L²)
     "denoise": True,           # final step x + σ_L² s(x, σ_L)
+    "clip": True,              # clip samples to the training data's range, as image samplers do
     "eval_every": None,        # steps between evaluations; None = only at the end (sampling is the cost)
     "eval_samples": 2000,      # generated images per evaluation (capped at the real set's size)
     "grid": 10,                # sample grids are grid × grid images
@@ -384,9 +385,15 @@ def train_dsm(
     n_eval = min(int(p["eval_samples"]), len(x))
     langevin = {k: p[k] for k in ("steps_per_level", "epsilon", "denoise")}
 
+    def draw() -> np.ndarray:
+        samples = model.sample(n_eval, seed=seed + 1, **langevin).reshape((n_eval, *images.shape[1:]))
+        # Langevin is unbounded (a GAN's tanh is not): without the clip, a quarter of the
+        # pixels of digit samples fall outside [-1, 1], and FID counts them as content
+        return np.clip(samples, images.min(), images.max()) if p["clip"] else samples
+
     def evaluate(step: int) -> np.ndarray:
         t0 = time.perf_counter()
-        samples = model.sample(n_eval, seed=seed + 1, **langevin).reshape((n_eval, *images.shape[1:]))
+        samples = draw()
         sampling_seconds = time.perf_counter() - t0
         # the Langevin settings travel with the cost, so the evaluation step can re-time the sampler
         state["sampling"] = {**langevin, "network_evaluations_per_sample": network_evaluations(
@@ -419,7 +426,7 @@ def train_dsm(
     if state["sampling"] is None or state["evaluated_at"] < state["step"]:
         samples = evaluate(state["step"])
     else:  # resumed after the final evaluation: the same seed gives the same samples
-        samples = model.sample(n_eval, seed=seed + 1, **langevin).reshape((n_eval, *images.shape[1:]))
+        samples = draw()
     state_var.assign(json.dumps(state))
     manager.save()
 
