@@ -24,14 +24,16 @@ Choices, and why:
 - The network is the post's denoiser, preconditioned as in Karras et al. (2022, "EDM"):
   r_θ(x, σ) = c_skip x + c_out F_θ(c_in x, log σ) with c_skip = σ_d²/(σ² + σ_d²),
   c_out = σσ_d/√(σ² + σ_d²), c_in = 1/√(σ² + σ_d²) (σ_d the data's std), and
-  s_θ = (r_θ − x)/σ². Why: F's input and its regression target have unit variance at
-  every level, and at large σ an error in F moves r by at most ~σ_d instead of ~σ (the
-  1/σ-scaled "s = F/σ" of NCSNv2 trained worse here at the fine levels).
+  s_θ = (r_θ − x)/σ². Why: the network is the denoiser the post starts from; F's input
+  and its regression target have unit variance at every level; and at large σ an error
+  in F moves r by at most ~σ_d instead of ~σ. (NCSNv2's s = F/σ gave a similar FID on
+  digits, docs/gan-study.md.)
 - The loss is denoising score matching, ‖r_θ(x + σz) − x‖², weighted by 1/c_out² (unit
   variance target at every level), σ drawn uniformly from the ladder.
 - The body is a residual MLP (8×8 digits flattened: cheaper and better here than 3×3
   convolutions) or residual 3×3 convolutions at full resolution; each block's features
-  are scaled and shifted by a function of log σ (FiLM; a plain added bias trained worse).
+  are scaled and shifted by a function of log σ (FiLM; a plain added bias fitted the
+  1-D mixture's score at σ ≈ 0.3 about half as well).
 - Sampling: few Langevin steps per level (T = 2) at a large step (ε/σ_L² = 0.5) on a fine
   ladder beat many steps on a coarse one; see docs/gan-study.md for the measurements.
 
