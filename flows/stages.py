@@ -186,23 +186,31 @@ GRID_FILES = ("grid_final", "grid_best")
 
 def run_gan(ctx: StageContext, params: GanTrainParams, inputs: Inputs) -> StageOutcome:
     images, spec = inputs["images"], params
-    feature = ctx.submit(feature_net_task, ctx.store, images, params.feature_net)
+    feature = ctx.submit(feature_net_task, ctx.store, images, spec.feature_net)
+    # one Dask task per variant training its seeds together (vectorize_seeds), else one per
+    # (variant, seed); the tasks run in parallel across the workers
+    jobs = [(variant, seeds) for variant, p in spec.runs().items()
+            for seeds in ([spec.seeds] if p.vectorize_seeds else [[s] for s in spec.seeds])]
     runs = spec.runs()
-    # one Dask task per (variant, seed): they train in parallel across the workers
-    futures = [ctx.submit(gan_run_task, ctx.store, images, feature, variant, p) for variant, _, p in runs]
-    wait(ctx, [feature, *futures], f"gan: {len(runs)} runs")
+    futures = [ctx.submit(gan_run_task, ctx.store, images, feature, variant, runs[variant], seeds) for variant, seeds in jobs]
+    wait(ctx, [feature, *futures], f"gan: {len(spec.variants)} variants × {len(spec.seeds)} seeds in {len(futures)} tasks")
     files = {"feature_net": feature.result().files["model"]}
     table = []
-    for (variant, seed, _), fut in zip(runs, futures):
+    for (variant, seeds), fut in zip(jobs, futures):
         m = fut.result()
-        keep = RUN_FILES + (GRID_FILES if seed == spec.seeds[0] else ())
-        files.update({f"{variant}/s{seed}/{k}": ref for k, ref in m.files.items() if k in keep})
-        best, final = m.metrics.get("best_eval") or {}, m.metrics.get("final_eval") or {}
-        table.append({"variant": variant, "seed": seed, "steps": m.metrics["step"],
-                      "fid_final": final.get("fid"), "fid_best": best.get("fid"), "best_step": best.get("step"),
-                      "seconds": round(m.metrics["seconds"], 1), "resumed_from_step": m.metrics["resumed_from_step"]})
+        for seed in seeds:
+            keep = RUN_FILES + (GRID_FILES if seed == spec.seeds[0] else ())
+            files.update({f"{variant}/s{seed}/{k}": m.files[f"s{seed}/{k}"] for k in keep if f"s{seed}/{k}" in m.files})
+            run = m.metrics["runs"][str(seed)]
+            best, final = run.get("best_eval") or {}, run.get("final_eval") or {}
+            table.append({"variant": variant, "seed": seed, "steps": run["step"], "seeds_together": len(seeds),
+                          "fid_final": final.get("fid"), "fid_best": best.get("fid"), "best_step": best.get("step"),
+                          "seconds": round(run["seconds"], 1), "steps_per_second": run["steps_per_second"],
+                          "resumed_from_step": run["resumed_from_step"]})
     metrics = {"runs": table, "feature_net": feature.result().metrics,
-               "train_seconds_total": round(sum(r["seconds"] for r in table), 1)}
+               # seeds trained together share their seconds: count each task's once
+               "train_seconds_total": round(sum(f.result().metrics["runs"][str(seeds[0])]["seconds"]
+                                                for (_, seeds), f in zip(jobs, futures)), 1)}
     return StageOutcome(Manifest(stage="gan", files=files, metrics=metrics), all_cached([feature, *futures]))
 
 

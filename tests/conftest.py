@@ -69,7 +69,7 @@ set:
   jose.dim: 32
   gan.variants: {{cr1: {{cascades: 1}}, cr2: {{cascades: 2}}}}
   gan.seeds: [0]
-  gan.train: {{steps: 60, eval_every: 30, eval_samples: 300}}
+  gan.train: {{steps: 60, eval_every: 30, eval_samples: 300, jit_compile: false}}
   gan.feature_net: {{epochs: 2, seed: 0}}
 """
 

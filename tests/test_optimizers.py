@@ -471,13 +471,13 @@ def test_custom_train_step_with_two_wrapped_optimizers():
 
 
 def test_factory_unknown_key_names_it_with_suggestion():
-    with pytest.raises(ValueError, match=r"Unknown key 'lerning_rate'.*Did you mean 'learning_rate'"):
+    with pytest.raises(ValueError, match=r"lerning_rate: unknown key \(did you mean 'learning_rate'\?\)"):
         build_optimizer({"name": "adam", "lerning_rate": 1e-3})
-    with pytest.raises(ValueError, match=r"'lookahed'.*Did you mean 'lookahead'"):
+    with pytest.raises(ValueError, match=r"lookahed: unknown key \(did you mean 'lookahead'\?\)"):
         build_optimizer({"name": "sgd", "lookahed": {"k": 5}})
-    with pytest.raises(ValueError, match=r"'alfa'.*Did you mean 'alpha'"):
+    with pytest.raises(ValueError, match=r"lookahead.alfa: unknown key \(did you mean 'alpha'\?\)"):
         build_optimizer({"name": "sgd", "lookahead": {"k": 5, "alfa": 0.5}})
-    with pytest.raises(ValueError, match=r"Unknown optimizer name 'adan'.*'adam'"):
+    with pytest.raises(ValueError, match=r"unknown optimizer 'adan' \(did you mean 'adam'\?\)"):
         build_optimizer({"name": "adan"})
     # beta_1 is an Adam argument, not an SGD one.
     with pytest.raises(ValueError, match="'beta_1'"):

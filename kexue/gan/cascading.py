@@ -12,7 +12,7 @@ cascade threw away:
     v_{k+1} = v_k − (⟨v_k, w_k⟩ / ‖w_k‖²) w_k          (so ⟨v_{k+1}, w_k⟩ = 0)
 
 The layer returns the N scores (batch, N); N = 1 is exactly the plain linear score ⟨v, w⟩.
-Each score then gets its own GAN loss (see ``kexue.gan.train``).
+Each score then gets its own GAN loss (see ``kexue.gan.cascade_gan``).
 
 Conditional extension (labels y, ``n_classes`` set): as in the projection discriminator
 (Miyato & Koyama 2018), where D(x, y) = ⟨v, w⟩ + ⟨v, e_y⟩ = ⟨v, w + e_y⟩ with a learned
