@@ -20,12 +20,12 @@ from flows import registry
 from kexue.core.artifacts import Manifest
 from kexue.embed.params import JoseParams
 from kexue.gan.data import image_source_fingerprint
-from kexue.gan.params import GanEvalParams, GanTrainParams, ImagesParams
+from kexue.gan.params import DSM_VARIANT, GanEvalParams, GanTrainParams, ImagesParams
 from kexue.graph.params import CommunityParams, GraphParams
 from kexue.text.params import CountParams, IngestParams, TokenizeParams
 from kexue.text.tokenize import summarize_partitions
 from tasks.caching import Store
-from tasks.gan import feature_net_task, gan_eval_task, gan_run_task, images_task
+from tasks.gan import dsm_run_task, feature_net_task, gan_eval_task, gan_run_task, images_task
 from tasks.jose import jose_task
 from tasks.jose import previous_output as previous_jose_output
 from tasks.graph import communities_task, cooccurrence_merge_task, cooccurrence_partition_task, graph_build_task
@@ -180,7 +180,7 @@ def run_images(ctx: StageContext, params: ImagesParams, inputs: Inputs) -> Stage
 
 # what the gan stage's manifest keeps of each run (the run folders hold the rest:
 # TensorBoard events, a grid per evaluation); grids only for the first seed
-RUN_FILES = ("history", "samples_final", "generator", "generator_best")
+RUN_FILES = ("history", "samples_final", "generator", "generator_best", "score_model")
 GRID_FILES = ("grid_final", "grid_best")
 
 
@@ -193,7 +193,11 @@ def run_gan(ctx: StageContext, params: GanTrainParams, inputs: Inputs) -> StageO
             for seeds in ([spec.seeds] if p.vectorize_seeds else [[s] for s in spec.seeds])]
     runs = spec.runs()
     futures = [ctx.submit(gan_run_task, ctx.store, images, feature, variant, runs[variant], seeds) for variant, seeds in jobs]
-    wait(ctx, [feature, *futures], f"gan: {len(spec.variants)} variants × {len(spec.seeds)} seeds in {len(futures)} tasks")
+    if spec.dsm is not None:  # the score model beside the GAN: one task per seed
+        jobs += [(DSM_VARIANT, [seed]) for seed in spec.seeds]
+        futures += [ctx.submit(dsm_run_task, ctx.store, images, feature, spec.dsm, seed) for seed in spec.seeds]
+    n_variants = len(spec.variants) + (spec.dsm is not None)
+    wait(ctx, [feature, *futures], f"gan: {n_variants} variants × {len(spec.seeds)} seeds in {len(futures)} tasks")
     files = {"feature_net": feature.result().files["model"]}
     table = []
     for (variant, seeds), fut in zip(jobs, futures):

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from kexue.core.artifacts import FileRef, Manifest, sha256_text, stable_json
-from kexue.gan.params import FeatureNetParams, GanEvalParams, GanRunParams, ImagesParams
+from kexue.gan.params import DSM_VARIANT, DsmParams, FeatureNetParams, GanEvalParams, GanRunParams, ImagesParams
 from tasks.caching import Store, kexue_task
 from tasks.progress import emit
 
@@ -100,12 +100,36 @@ def gan_run_task(store: Store, images: Manifest, feature_net: Manifest, variant:
     return Manifest.of_result("gan-run", {"files": files, "metrics": {"variant": variant, "runs": runs}})
 
 
+@kexue_task("dsm-run", retries=0)
+def dsm_run_task(store: Store, images: Manifest, feature_net: Manifest, params: DsmParams, seed: int) -> Manifest:
+    """Train the denoising-score-matching generator for one seed, evaluated like a GAN variant; resumable per epoch.
+
+    Files and metrics are shaped as ``gan_run_task``'s, under the variant name ``dsm``.
+    """
+    from kexue.gan.dsm import train_dsm
+    from kexue.gan.eval.features import load_feature_model
+    from kexue.gan.eval.metrics import make_eval_fn
+
+    _single_threaded_tf()
+    key = sha256_text(images.fingerprint(), feature_net.fingerprint(), DSM_VARIANT, stable_json(params), str(seed))
+    out, checkpoints = store.stage_dir("gan", key), store.stage_dir("gan-checkpoints", key)
+    eval_fn = make_eval_fn(np.load(images.files["images"].path), load_feature_model(feature_net.files["model"].path))
+    result = train_dsm(images.files["images"].path, str(out), params, seed, str(checkpoints),
+                       progress=ProgressLines(DSM_VARIANT), eval_fn=eval_fn)
+    run = {k: v for k, v in result["metrics"].items() if k not in ("losses", "eval")}
+    return Manifest.of_result("gan-run", {"files": {f"s{seed}/{k}": v for k, v in result["files"].items()},
+                                          "metrics": {"variant": DSM_VARIANT, "runs": {str(seed): run}}})
+
+
 @kexue_task("gan-eval")
 def gan_eval_task(store: Store, gan: Manifest, params: GanEvalParams) -> Manifest:
-    """Every variant × seed: final/best FID, KID, IS, precision/recall; Welch's t-test vs baseline."""
+    """Every variant × seed: final/best FID, KID, IS, precision/recall; Welch's t-test vs baseline;
+    each variant's sampling cost, timed here back to back (``kexue.gan.eval.cost``)."""
     from kexue.gan.eval.compare import compare_variants
+    from kexue.gan.eval.cost import samplers_of, sampling_cost
 
-    records, samples = [], {}
+    _single_threaded_tf()
+    records, samples, first_runs = [], {}, {}
     for name, ref in sorted(gan.files.items()):  # "<variant>/s<seed>/history"
         if name.endswith("/history"):
             variant, seed, _ = name.split("/")
@@ -113,6 +137,9 @@ def gan_eval_task(store: Store, gan: Manifest, params: GanEvalParams) -> Manifes
             records.append({"variant": variant, "seed": int(seed[1:]), "history": history["eval"]})
             if variant not in samples:
                 samples[variant] = np.load(gan.files[f"{variant}/{seed}/samples_final"].path)
+                prefix = f"{variant}/{seed}/"
+                first_runs[variant] = {k[len(prefix):]: r.path for k, r in gan.files.items() if k.startswith(prefix)}
     out = store.stage_dir("gan_eval", sha256_text(gan.fingerprint(), stable_json(params)))
-    return Manifest.of_result("gan_eval", compare_variants(records, out, baseline=params.baseline,
-                                                           samples=samples, alpha=params.alpha))
+    return Manifest.of_result("gan_eval", compare_variants(
+        records, out, baseline=params.baseline, samples=samples, alpha=params.alpha, baselines=params.baselines,
+        sampling_cost=sampling_cost(samplers_of(first_runs))))
