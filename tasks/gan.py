@@ -92,8 +92,9 @@ def gan_run_task(store: Store, images: Manifest, feature_net: Manifest, variant:
     out, checkpoints = store.stage_dir("gan", key), store.stage_dir("gan-checkpoints", key)
     real = np.load(images.files["images"].path)
     eval_fn = make_eval_fn(real, load_feature_model(feature_net.files["model"].path))
+    labels = images.files["labels"].path if "labels" in images.files else None
     results = train_gan(images.files["images"].path, str(out), params, seeds, str(checkpoints),
-                        progress=ProgressLines(variant), eval_fn=eval_fn)
+                        progress=ProgressLines(variant), eval_fn=eval_fn, labels_path=labels)
     files = {f"s{seed}/{name}": path for seed, r in results.items() for name, path in r["files"].items()}
     runs = {str(seed): {k: v for k, v in r["metrics"].items() if k not in ("losses", "eval")}
             for seed, r in results.items()}

@@ -41,10 +41,18 @@ def generator_sampler(path: str | Path, seed: int = 0) -> Callable[[int], np.nda
     import tensorflow as tf
 
     generator = keras.saving.load_model(path, safe_mode=True, compile=False)
-    latent_dim = int(generator.input_shape[-1])
+    latent_dim = int(generator.inputs[0].shape[-1])
     rng = np.random.default_rng(seed)
-    forward = tf.function(lambda z: generator(z, training=False), reduce_retracing=True)
-    return lambda n: np.asarray(forward(rng.standard_normal((n, latent_dim)).astype(np.float32)))
+    forward = tf.function(lambda inputs: generator(inputs, training=False), reduce_retracing=True)
+    embeddings = [layer for layer in generator.layers if isinstance(layer, keras.layers.Embedding)]
+
+    def sample(n: int) -> np.ndarray:
+        z = rng.standard_normal((n, latent_dim)).astype(np.float32)
+        if not embeddings:
+            return np.asarray(forward(z))
+        return np.asarray(forward([z, rng.integers(0, embeddings[0].input_dim, n).astype(np.int32)]))  # conditional
+
+    return sample
 
 
 def score_model_sampler(path: str | Path, langevin: Mapping[str, Any], seed: int = 0) -> Callable[[int], np.ndarray]:
