@@ -151,7 +151,14 @@ def test_killed_worker_mid_tokenisation_still_gives_exact_counts(tmp_path, prefe
         from flows.pipeline import pipeline
 
         out: dict = {}
-        t = threading.Thread(target=lambda: out.update(summary=pipeline(str(ROOT / "pipeline.yaml"), str(profile), [], ["count"], "kill-worker")))
+
+        def run() -> None:
+            try:
+                out["summary"] = pipeline(str(ROOT / "pipeline.yaml"), str(profile), [], ["count"], "kill-worker")
+            except Exception as e:  # surfaced below
+                out["error"] = e
+
+        t = threading.Thread(target=run)
         t.start()
         lost = None
         deadline = time.time() + 600
@@ -166,6 +173,7 @@ def test_killed_worker_mid_tokenisation_still_gives_exact_counts(tmp_path, prefe
         assert lost, "the victim never executed a tokenize task"
         assert workers["victim"].proc.wait(timeout=60) == -signal.SIGKILL
         t.join(timeout=900)
+        assert "error" not in out, out.get("error")
         summary = out["summary"]
         assert summary["status"] == "completed"
         # the lost task was computed again, on the survivor, after the kill
@@ -193,8 +201,31 @@ def test_killed_worker_mid_tokenisation_still_gives_exact_counts(tmp_path, prefe
         scheduler.stop()
 
 
+def damage_warnings(capfd) -> list[str]:
+    """The console lines (stdout/stderr of this process and the Dask workers it started) that
+    report a damaged cached artifact."""
+    out, err = capfd.readouterr()
+    return [line for line in (out + err).splitlines() if "cached artifact is damaged" in line]
+
+
+def api_warnings(flow_run_id: str, needle: str, expected: int, timeout: float = 30) -> list[str]:
+    """Warnings containing ``needle`` that the run sent to the Prefect API (what the UI shows),
+    read back with the client; waits for ``expected`` of them (workers send logs in batches)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterLevel
+
+    deadline = time.time() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            logs = client.read_logs(log_filter=LogFilter(level=LogFilterLevel(ge_=30), flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            found = [log.message for log in logs if needle in log.message]
+            if len(found) >= expected or time.time() > deadline:
+                return found
+            time.sleep(1)
+
+
 @pytest.mark.slow
-def test_corrupted_artifact_is_detected_and_recomputed(project):
+def test_corrupted_artifact_is_detected_and_recomputed(project, capfd):
     first = project.run(["count"])
     tok_files = project.stage(first, "tokenize")["files"]["partitions"]
     victim = Path(tok_files[0])
@@ -202,7 +233,13 @@ def test_corrupted_artifact_is_detected_and_recomputed(project):
     victim.write_bytes(good[: len(good) // 2])  # truncated on disk
     vocab = Path(project.stage(first, "count")["files"]["vocabulary"])
     vocab.write_bytes(b"garbage")
+    capfd.readouterr()
     second = project.run(["count"])
+    # said once per damaged file, one line each, on the console and in the run's Prefect log
+    lines = damage_warnings(capfd)
+    assert len(lines) == 2 and any(str(victim) in line for line in lines) and any(str(vocab) in line for line in lines), lines
+    logged = api_warnings(second["flow_run_id"], "cached artifact is damaged", 2)
+    assert len(logged) == 2 and all("\n" not in m for m in logged), logged
     tok = project.stage(second, "tokenize")
     assert tok["cached"] is False and tok["metrics"]["partitions_cached"] == len(tok_files) - 1
     assert any(str(victim) in r for r in tok["metrics"]["repaired"])
@@ -280,7 +317,7 @@ def test_security_scan_passes_the_safe_forms():
     assert findings(SAFE) == []
 
 
-def test_security_basics(prefect_api):
+def test_security_basics():
     from source_scan import scan_tree
 
     assert scan_tree(ROOT, ("kexue", "flows", "tasks", "benchmarks")) == []
@@ -299,14 +336,18 @@ def test_security_basics(prefect_api):
     for doc in ("README.md", "prefect.yaml", "conf/cluster.yaml"):
         starts = re.findall(r"(?:prefect server start|dask scheduler)[^\n]*", (ROOT / doc).read_text(encoding="utf-8"))
         assert starts and all("--host 127.0.0.1" in line for line in starts), (doc, starts)
-    # the embedded Prefect API (flows.runtime.embedded_api, the session's) listens on loopback only
-    port = int(prefect_api.split(":")[2].split("/")[0])
-    loop, other = loopback_only({port})
-    assert loop and not other, (loop, other)
-    # and the check can fail: a socket on all interfaces is reported
+    # the check below can fail: a socket on all interfaces is reported
     import socket
 
     with socket.socket() as s:
         s.bind(("0.0.0.0", 0))
         s.listen()
         assert loopback_only({s.getsockname()[1]})[1]
+
+
+@pytest.mark.slow  # the session's embedded API takes tens of seconds to start; the slow tests share it
+def test_embedded_prefect_api_listens_on_loopback_only(prefect_api):
+    """flows.runtime.embedded_api (the session's API, as `kexue run` starts it): its real socket."""
+    port = int(prefect_api.split(":")[2].split("/")[0])
+    loop, other = loopback_only({port})
+    assert loop and not other, (loop, other)
