@@ -1,7 +1,6 @@
 """Prefect tasks for the GAN branch: images, the feature network, one task per variant, evaluation."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ import numpy as np
 
 from kexue.core.artifacts import FileRef, Manifest, sha256_text, stable_json
 from kexue.gan.params import DSM_VARIANT, DsmParams, FeatureNetParams, GanEvalParams, GanRunParams, ImagesParams
+from kexue.gan.results import first_run_files, run_records, seed_key
 from tasks.caching import Store, kexue_task
 from tasks.progress import emit
 
@@ -95,7 +95,7 @@ def gan_run_task(store: Store, images: Manifest, feature_net: Manifest, variant:
     labels = images.files["labels"].path if "labels" in images.files else None
     results = train_gan(images.files["images"].path, str(out), params, seeds, str(checkpoints),
                         progress=ProgressLines(variant), eval_fn=eval_fn, labels_path=labels)
-    files = {f"s{seed}/{name}": path for seed, r in results.items() for name, path in r["files"].items()}
+    files = {seed_key(seed, name): path for seed, r in results.items() for name, path in r["files"].items()}
     runs = {str(seed): {k: v for k, v in r["metrics"].items() if k not in ("losses", "eval")}
             for seed, r in results.items()}
     return Manifest.of_result("gan-run", {"files": files, "metrics": {"variant": variant, "runs": runs}})
@@ -118,7 +118,7 @@ def dsm_run_task(store: Store, images: Manifest, feature_net: Manifest, params: 
     result = train_dsm(images.files["images"].path, str(out), params, seed, str(checkpoints),
                        progress=ProgressLines(DSM_VARIANT), eval_fn=eval_fn)
     run = {k: v for k, v in result["metrics"].items() if k not in ("losses", "eval")}
-    return Manifest.of_result("gan-run", {"files": {f"s{seed}/{k}": v for k, v in result["files"].items()},
+    return Manifest.of_result("gan-run", {"files": {seed_key(seed, k): v for k, v in result["files"].items()},
                                           "metrics": {"variant": DSM_VARIANT, "runs": {str(seed): run}}})
 
 
@@ -130,17 +130,10 @@ def gan_eval_task(store: Store, gan: Manifest, params: GanEvalParams) -> Manifes
     from kexue.gan.eval.cost import samplers_of, sampling_cost
 
     _single_threaded_tf()
-    records, samples, first_runs = [], {}, {}
-    for name, ref in sorted(gan.files.items()):  # "<variant>/s<seed>/history"
-        if name.endswith("/history"):
-            variant, seed, _ = name.split("/")
-            history = json.loads(Path(ref.path).read_text())
-            records.append({"variant": variant, "seed": int(seed[1:]), "history": history["eval"]})
-            if variant not in samples:
-                samples[variant] = np.load(gan.files[f"{variant}/{seed}/samples_final"].path)
-                prefix = f"{variant}/{seed}/"
-                first_runs[variant] = {k[len(prefix):]: r.path for k, r in gan.files.items() if k.startswith(prefix)}
+    paths = {key: ref.path for key, ref in gan.files.items()}
+    records, sample_files = run_records(paths)
+    samples = {variant: np.load(path) for variant, path in sample_files.items()}
     out = store.stage_dir("gan_eval", sha256_text(gan.fingerprint(), stable_json(params)))
     return Manifest.of_result("gan_eval", compare_variants(
         records, out, baseline=params.baseline, samples=samples, alpha=params.alpha, baselines=params.baselines,
-        sampling_cost=sampling_cost(samplers_of(first_runs))))
+        sampling_cost=sampling_cost(samplers_of(first_run_files(paths)))))

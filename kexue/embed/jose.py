@@ -32,10 +32,12 @@ the uninterrupted run would have.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import threading
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -49,6 +51,8 @@ import tensorflow as tf
 
 from kexue.core.artifacts import atomic_path, save_npy_atomic, sha256_text, write_json_atomic, write_parquet_atomic
 from kexue.embed.params import STRATEGY_NAMES, JoseConfig
+
+log = logging.getLogger(__name__)
 
 RENORM_EVERY = 32  # steps between full renormalisations of the stored rows (see JoseModel)
 
@@ -423,11 +427,18 @@ class Checkpoints:
         state_path = self.directory / "state.json"
         if not state_path.exists():
             return None
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-        if state.get("fingerprint") != fingerprint:
-            return None  # a different config or corpus: start over rather than mix runs
-        with np.load(self.directory / state["file"]) as z:
-            return int(state["epoch"]), {k: z[k] for k in ("u", "v", "d")}
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+            if state.get("fingerprint") != fingerprint:
+                return None  # a different config or corpus: start over rather than mix runs
+            # the .npz is a zip: reading every member checks its CRC-32, so flipped or missing
+            # bytes fail here rather than train on from damaged vectors
+            with np.load(self.directory / state["file"], allow_pickle=False) as z:
+                return int(state["epoch"]), {k: z[k] for k in ("u", "v", "d")}
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
+            log.warning("JoSE checkpoint in %s is damaged (%s: %s); training again from epoch 0",
+                        self.directory, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            return None
 
     def save(self, epoch: int, fingerprint: str, config: JoseConfig, u, v, d, tokens_trained: int) -> None:
         name = f"epoch-{epoch}.npz"
