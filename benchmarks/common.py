@@ -14,13 +14,30 @@ from typing import Any, Callable
 import psutil
 
 
+def role(p: psutil.Process, root: int) -> str:
+    """What a process of a measured tree is: the root, Prefect's API server, the fork server
+    Dask workers are forked from, a Dask worker (forked or spawned), or other."""
+    cmd = " ".join(p.cmdline())
+    if p.pid == root:
+        return "root"
+    if "uvicorn" in cmd:
+        return "api"
+    if "forkserver" in cmd:
+        return "forkserver" if p.ppid() == root else "worker"
+    if "spawn_main" in cmd:
+        return "worker"
+    return "other"
+
+
 class PeakRSS:
-    """Sample the RSS of a process tree in a background thread; keep the peak of the sum."""
+    """Sample a process tree in a background thread: the peak of its summed RSS, and for
+    each process (``processes``: pid -> role, peak RSS bytes, last CPU seconds seen)."""
 
     def __init__(self, pid: int, interval: float = 0.05):
         self.proc = psutil.Process(pid)
         self.interval = interval
         self.peak = 0
+        self.processes: dict[int, dict[str, Any]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -28,16 +45,26 @@ class PeakRSS:
         while not self._stop.is_set():
             try:
                 procs = [self.proc] + self.proc.children(recursive=True)
-                total = 0
-                for p in procs:
-                    try:
-                        total += p.memory_info().rss
-                    except psutil.Error:
-                        pass
-                self.peak = max(self.peak, total)
             except psutil.Error:
                 return
+            total = 0
+            for p in procs:
+                try:
+                    with p.oneshot():
+                        rss, cpu = p.memory_info().rss, p.cpu_times()
+                        entry = self.processes.get(p.pid) or {"role": role(p, self.proc.pid), "rss": 0, "cpu": 0.0}
+                except psutil.Error:
+                    continue
+                total += rss
+                entry.update(rss=max(entry["rss"], rss), cpu=max(entry["cpu"], cpu.user + cpu.system))
+                self.processes[p.pid] = entry
+            self.peak = max(self.peak, total)
             time.sleep(self.interval)
+
+    def by_process(self, min_mib: float = 20) -> list[dict[str, Any]]:
+        """Each process's role, peak RSS (MiB) and CPU seconds, leaving out tiny helpers."""
+        return [{"role": e["role"], "peak_rss_mib": round(e["rss"] / 2**20, 1), "cpu_seconds": round(e["cpu"], 2)}
+                for _, e in sorted(self.processes.items()) if e["rss"] >= min_mib * 2**20]
 
     def __enter__(self) -> "PeakRSS":
         self._thread.start()
@@ -70,6 +97,7 @@ def measure(fn: Callable[..., dict], *args: Any) -> dict:
     if status != "ok":
         raise RuntimeError(result)
     result["peak_rss_mib"] = round(peak.peak / 2**20, 1)
+    result["processes"] = peak.by_process()
     return result
 
 

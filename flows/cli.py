@@ -5,7 +5,6 @@ before Prefect is imported, because Prefect reads its settings at import time.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
@@ -72,11 +71,7 @@ def run(
     from flows import runtime
 
     runtime.prepare(cfg)  # before importing prefect: settings are read at import time
-    from flows.pipeline import new_run_id, pipeline
-
-    run_id = new_run_id()
     stop_on_signals()
-    console.print(f"kexue run [bold]{run_id}[/bold]  profile={cfg.profile_name}  artifacts={cfg.data_dir}")
     wanted = [s.strip() for s in stages.split(",")] if stages else None
     api = cfg.profile.prefect
     if api.api == "url" and api.api_url:
@@ -85,9 +80,14 @@ def run(
     # every Dask worker start its own temporary server.
     embed = api.api == "embedded" or (api.api == "environment" and not os.environ.get("PREFECT_API_URL"))
     try:
-        with runtime.embedded_api(api.startup_timeout) if embed else contextlib.nullcontext(os.environ["PREFECT_API_URL"]) as url:
+        with runtime.run_services(cfg, embed) as services:  # the API and the cluster start side by side...
+            from flows.pipeline import new_run_id, pipeline  # ...while this process imports Prefect
+
+            run_id = new_run_id()
+            console.print(f"kexue run [bold]{run_id}[/bold]  profile={cfg.profile_name}  artifacts={cfg.data_dir}")
+            url = services.ready() or os.environ["PREFECT_API_URL"]
             console.print(f"Prefect API{' (embedded)' if embed else ''}: {url}")
-            summary = pipeline(config, profile, overrides, wanted, run_id)
+            summary = pipeline(config, profile, overrides, wanted, run_id, dask_address=services.dask_address)
     except ConfigError as e:
         console.print(f"[red]config error[/red]\n{e}")
         raise typer.Exit(2)

@@ -173,10 +173,12 @@ def _iso(t: float | None) -> str | None:
 
 @flow(name="pipeline")
 def pipeline(config: str = "pipeline.yaml", profile: str = "local", overrides: list[str] | None = None,
-             stages_to_run: list[str] | None = None, run_id: str | None = None) -> dict[str, Any]:
+             stages_to_run: list[str] | None = None, run_id: str | None = None,
+             dask_address: str | None = None) -> dict[str, Any]:
     """Validate the config, start the profile's Dask task runner and run the stages.
 
-    Deployed as ``pipeline/nightly`` and ``pipeline/adhoc``; ``kexue run`` calls it too.
+    Deployed as ``pipeline/nightly`` and ``pipeline/adhoc``; ``kexue run`` calls it too,
+    with ``dask_address`` of the cluster it started alongside the API.
     """
     overrides = list(overrides or [])
     cfg = load(config, profile, overrides)  # fails here, before any work, on a bad key
@@ -189,6 +191,6 @@ def pipeline(config: str = "pipeline.yaml", profile: str = "local", overrides: l
         raise ConfigError(f"--stages: unknown stage {unknown[0]!r}" + did_you_mean(unknown[0], inputs))
     selected = sorted(with_upstream(inputs, wanted))
     runtime.prepare(cfg)
-    runner = runtime.task_runner(cfg.profile.dask)
+    runner = runtime.task_runner(cfg.profile.dask, dask_address)
     return stages.with_options(task_runner=runner)(config, profile, overrides, selected, run_id or new_run_id())
 

@@ -1,18 +1,34 @@
-"""The run-time around a flow: one Prefect API for everybody, and the Dask task runner.
+"""The run-time around a flow: one Prefect API for everybody, and the Dask cluster.
 
 The one-API rule: with no ``PREFECT_API_URL`` every Dask worker process would start its
 own temporary Prefect server (slow, and task runs recorded in separate databases). So the
-CLI starts one embedded API (``SubprocessASGIServer``, bound to 127.0.0.1) and exports its
-URL *before* the cluster starts; worker processes inherit it from the environment.
+CLI starts one embedded API (a uvicorn subprocess bound to 127.0.0.1) and exports its URL
+*before* the cluster starts; worker processes inherit it from the environment.
+
+What a run pays before its first stage is mostly imports, in three kinds of process: the
+API server (Prefect's server), the Dask workers (Prefect's task engine and the task
+modules) and the flow process. ``run_services`` starts them side by side — the API server
+first, as it takes longest — and only then does the CLI import the flow.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import importlib.metadata
+import json
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from kexue.core.config import Config, DaskSpec
+from tasks.warmup import MODULES, drain_prefect_services
 
 
 def prefect_environment(data_dir: Path, logging_level: str = "WARNING") -> dict[str, str]:
@@ -43,54 +59,247 @@ def export_environment(env: dict[str, str], override: bool = False) -> None:
             os.environ[k] = v
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EmbeddedAPI:
+    """Prefect's API server as a subprocess on 127.0.0.1, started without importing it here.
+
+    Compared with Prefect's own ``SubprocessASGIServer``: the flow process does not import
+    the server (FastAPI, SQLAlchemy, the migrations — it never serves a request), the port
+    is known before the server is up (so workers can start with the URL at the same time),
+    and a database this Prefect version has already migrated is not migrated again: a
+    marker next to it (``kexue-api-migrated.json``) records the Prefect version and the
+    database after the first successful start. Delete the marker to force migrations.
+    """
+
+    MARKER = "kexue-api-migrated.json"
+
+    def __init__(self, timeout: float = 120):
+        self.timeout = timeout
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        self.proc: subprocess.Popen | None = None
+        self.marker = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser() / self.MARKER
+        self.database, database_file = _database()
+        self.identity = {"prefect": importlib.metadata.version("prefect"), "database": self.database}
+        self.migrated = _read_json(self.marker) == self.identity and (database_file is None or database_file.exists())
+        self._log = None
+
+    def start(self) -> "EmbeddedAPI":
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        if self.migrated:
+            env |= {"PREFECT_SERVER_DATABASE_MIGRATE_ON_START": "false", "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false"}
+        self.marker.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.marker.parent / "kexue-api.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+             "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        return self
+
+    def wait(self) -> str:
+        """Block until the API answers /health; return its URL."""
+        assert self.proc is not None, "start() first"
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the embedded Prefect API exited with code {self.proc.returncode}; "
+                                   f"its output is in {self.marker.parent / 'kexue-api.log'}")
+            with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        if not self.migrated:
+                            _write_json(self.marker, self.identity)
+                            self.migrated = True
+                        return self.url
+            time.sleep(0.05)
+        raise RuntimeError(f"the embedded Prefect API did not answer within {self.timeout:.0f} s; "
+                           f"see {self.marker.parent / 'kexue-api.log'}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log:
+            self._log.close()
+
+
+def _database() -> tuple[str, Path | None]:
+    """The API database as the server will see it: a URL from the environment, or the
+    default SQLite file under PREFECT_HOME (also returned, to check that it exists)."""
+    for key in ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL"):
+        if os.environ.get(key):
+            return os.environ[key], None
+    db = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser().resolve() / "prefect.db"
+    return f"sqlite:{db}", db
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    from kexue.core.artifacts import write_json_atomic
+
+    write_json_atomic(path, obj)
+
+
 @contextlib.contextmanager
-def embedded_api(timeout: int = 120) -> Iterator[str]:
-    """Start Prefect's API in a subprocess on 127.0.0.1 and export its URL; stop it after."""
-    from prefect.server.api.server import SubprocessASGIServer
+def _api_settings(url: str) -> Iterator[str]:
+    """Export the API URL (child processes) and set it in Prefect's settings (this process,
+    where Prefect may have been imported before the URL was known)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    server = SubprocessASGIServer()
-    server.start(timeout=timeout)
     previous = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = server.api_url
+    os.environ["PREFECT_API_URL"] = url
     try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
-            yield server.api_url
+        with temporary_settings({PREFECT_API_URL: url}):
+            yield url
     finally:
         if previous is None:
             os.environ.pop("PREFECT_API_URL", None)
         else:
             os.environ["PREFECT_API_URL"] = previous
-        server.stop()
 
 
-def task_runner(spec: DaskSpec):
-    """A DaskTaskRunner for the profile: a LocalCluster we start, or an existing scheduler."""
+@contextlib.contextmanager
+def embedded_api(timeout: int = 120) -> Iterator[str]:
+    """Start Prefect's API in a subprocess on 127.0.0.1 and export its URL; stop it after."""
+    api = EmbeddedAPI(timeout).start()
+    try:
+        with _api_settings(api.wait()) as url:
+            yield url
+            drain_prefect_services()
+    finally:
+        api.stop()
+
+
+def _local_cluster_kwargs(spec: DaskSpec) -> dict[str, Any]:
+    return {
+        "n_workers": spec.n_workers,
+        "threads_per_worker": spec.threads_per_worker,
+        "processes": spec.processes,
+        "memory_limit": spec.memory_limit,
+        "dashboard_address": spec.dashboard_address,
+        "host": "127.0.0.1",
+        "preload": ["tasks.warmup"],  # first-task imports happen at start-up, not inside a stage
+    }
+
+
+def _dask_config(spec: DaskSpec) -> None:
     import dask
-    from prefect_dask import DaskTaskRunner
 
     if spec.dashboard_link:
         dask.config.set({"distributed.dashboard.link": spec.dashboard_link})
+
+
+def task_runner(spec: DaskSpec, address: str | None = None):
+    """A DaskTaskRunner for the profile: a LocalCluster it starts, or a scheduler by address
+    (the profile's, or ``address`` — a cluster the CLI started for this run)."""
+    from prefect_dask import DaskTaskRunner
+
+    _dask_config(spec)
     client_kwargs = {}
     if spec.security:
         from distributed.security import Security
 
         client_kwargs["security"] = Security(**spec.security)
-    if spec.address:
-        return DaskTaskRunner(address=spec.address, client_kwargs=client_kwargs)
-    return DaskTaskRunner(
-        cluster_class="distributed.LocalCluster",
-        cluster_kwargs={
-            "n_workers": spec.n_workers,
-            "threads_per_worker": spec.threads_per_worker,
-            "processes": spec.processes,
-            "memory_limit": spec.memory_limit,
-            "dashboard_address": spec.dashboard_address,
-            "host": "127.0.0.1",
-            "preload": ["tasks.warmup"],  # first-task imports happen at start-up, not inside a stage
-        },
-        client_kwargs=client_kwargs,
-    )
+    if address or spec.address:
+        return DaskTaskRunner(address=address or spec.address, client_kwargs=client_kwargs)
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=_local_cluster_kwargs(spec),
+                          client_kwargs=client_kwargs)
+
+
+def start_local_cluster(spec: DaskSpec):
+    """The profile's LocalCluster, its worker processes forked from one process that has
+    imported Prefect's task engine and the text task modules (``tasks.warmup.MODULES``).
+
+    Why a fork server: each freshly spawned worker would import those itself (seconds of
+    CPU each, on a machine with as few cores as workers), and at the end finalise them
+    again before it exits — slowly enough that the nanny kills it after its 4 s grace.
+    A forked worker starts with them imported and exits without finalising. The fork
+    server keeps the environment of its start, so this is for a process that runs one
+    pipeline (the CLI), after the run's environment is exported.
+    """
+    import dask
+    import distributed
+    from distributed.utils import get_mp_context
+
+    _dask_config(spec)
+    dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
+    if spec.processes:
+        get_mp_context().set_forkserver_preload(["distributed", *MODULES])  # after Dask set its own list, once
+    return distributed.LocalCluster(**_local_cluster_kwargs(spec))
+
+
+@dataclass
+class Services:
+    """What ``run_services`` started: the embedded API (or None) and a LocalCluster (or None)."""
+
+    api: EmbeddedAPI | None = None
+    cluster: Any = None
+    api_url: str | None = None
+    _starting: concurrent.futures.Future | None = None
+    _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    @property
+    def dask_address(self) -> str | None:
+        return self.cluster.scheduler_address if self.cluster is not None else None
+
+    def ready(self) -> str | None:
+        """Wait for the cluster and the API; return the API's URL (None when the run uses
+        an API from the environment)."""
+        if self._starting is not None:
+            self.cluster = self._starting.result()
+        if self.api is not None and self.api_url is None:
+            self.api_url = self._stack.enter_context(_api_settings(self.api.wait()))
+        return self.api_url
+
+
+@contextlib.contextmanager
+def run_services(cfg: Config, embed_api: bool) -> Iterator[Services]:
+    """Start a run's services side by side; stop them after.
+
+    The API server process starts first; its URL is exported at once, so the LocalCluster
+    (when the profile names no scheduler) starts meanwhile — in a thread, so that this
+    process can import the flow at the same time. Call ``ready()`` before the flow. On
+    exit, Prefect's queued events are sent while the API is up (the workers' too, see
+    ``tasks.warmup``), then the cluster and the API stop.
+    """
+    services = Services()
+    previous = os.environ.get("PREFECT_API_URL")
+    try:
+        if embed_api:
+            services.api = EmbeddedAPI(cfg.profile.prefect.startup_timeout).start()
+            os.environ["PREFECT_API_URL"] = services.api.url
+        if cfg.profile.dask.address is None:
+            pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kexue-cluster-start")
+            services._starting = pool.submit(start_local_cluster, cfg.profile.dask)
+            pool.shutdown(wait=False)
+        with services._stack:
+            yield services
+            drain_prefect_services()
+    finally:
+        if services._starting is not None and services._starting.exception() is None:
+            services._starting.result().close()
+        if services.api is not None:
+            services.api.stop()
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
 
 
 # Settings tied to the run's data_dir: always those of the current run (a test session or a

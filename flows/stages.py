@@ -30,14 +30,7 @@ from tasks.gan import dsm_run_task, feature_net_task, gan_eval_task, gan_run_tas
 from tasks.jose import jose_task
 from tasks.jose import previous_output as previous_jose_output
 from tasks.graph import communities_task, cooccurrence_merge_task, cooccurrence_partition_task, graph_build_task
-from tasks.text import (
-    count_partition_task,
-    ingest_task,
-    merge_counts_task,
-    source_fingerprints,
-    tokenize_partition_task,
-    vocabulary_task,
-)
+from tasks.text import ingest_task, merge_counts_task, source_fingerprints, tokenize_partition_task, vocabulary_task
 
 
 _SUBMIT = threading.Lock()
@@ -109,19 +102,23 @@ def run_tokenize(ctx: StageContext, params: TokenizeParams, inputs: Inputs) -> S
     repaired = [r for m in results for r in m.metrics.get("repaired") or []]
     if repaired:
         metrics["repaired"] = repaired
-    manifest = Manifest(stage="tokenize", partitions=[m.partitions[0] for m in results], metrics=metrics)
+    # each partition's token counts were taken by its tokenize task; the count stage sums them
+    counts = {f"counts/{i:05d}": m.files["counts"] for i, m in enumerate(results)}
+    manifest = Manifest(stage="tokenize", partitions=[m.partitions[0] for m in results], files=counts, metrics=metrics)
     return StageOutcome(manifest, all_cached(list(futures)))
 
 
 def run_count(ctx: StageContext, params: CountParams, inputs: Inputs) -> StageOutcome:
-    partials = list(ctx.map(count_partition_task, store=unmapped(ctx.store), tokens=inputs["tokens"].partitions,
-                                                    batch_docs=unmapped(params.batch_docs)))
-    # tree merge on the cluster: no task ever holds every partial
-    total, merges = tree_reduce(ctx, merge_counts_task, partials, params.merge_fanin)
-    vocab = ctx.submit(vocabulary_task, ctx.store, total)
-    futures = partials + merges + [vocab]
-    wait(ctx, futures, f"count {len(partials)} partitions")
-    return StageOutcome(vocab.result(), all_cached(futures))
+    tokens = inputs["tokens"]
+    level: list = [ref for key, ref in sorted(tokens.files.items()) if key.startswith("counts/")]
+    merges: list[PrefectFuture] = []
+    while len(level) > params.merge_fanin:  # a tree of merges on the cluster: no task ever holds every partial
+        level = [ctx.submit(merge_counts_task, ctx.store, level[i:i + params.merge_fanin])
+                 for i in range(0, len(level), params.merge_fanin)]
+        merges += level
+    vocab = ctx.submit(vocabulary_task, ctx.store, level)
+    wait(ctx, merges + [vocab], f"count {len(tokens.partitions)} partitions")
+    return StageOutcome(vocab.result(), all_cached(merges + [vocab]))
 
 
 def tree_reduce(ctx: StageContext, task, leaves: list[PrefectFuture], fanin: int = 2) -> tuple[PrefectFuture, list[PrefectFuture]]:

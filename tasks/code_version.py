@@ -10,14 +10,14 @@ results of the old code. So the version of a task is the hash of
   inside its body — followed transitively through every import statement of those modules
   (module-level or inside functions), together with the packages' ``__init__`` files.
 
-Modules are found with ``importlib.util.find_spec`` and read with ``ast``: nothing is
+Modules are found with ``importlib.machinery.PathFinder`` and read with ``ast``: nothing is
 imported, so versioning the JoSE or GAN task never starts TensorFlow.
 """
 from __future__ import annotations
 
 import ast
 import functools
-import importlib.util
+import importlib.machinery
 import inspect
 from pathlib import Path
 from typing import Callable
@@ -29,11 +29,19 @@ LIBRARY = "kexue"
 
 @functools.lru_cache(maxsize=None)
 def source_path(module: str) -> Path | None:
-    """The source file of ``module`` (None for a name that is not a module, e.g. a function)."""
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):  # a parent is not a package: ``kexue.x.function``
-        return None
+    """The source file of ``module`` (None for a name that is not a module, e.g. a function).
+
+    Searched package by package with ``PathFinder``, not ``importlib.util.find_spec``: that
+    imports a dotted name's parent, so asking whether ``kexue.embed.jose.train_jose_stage``
+    is a module would import ``kexue.embed.jose`` and TensorFlow with it — on the worker
+    computing the JoSE task's cache key, even when the result comes from the cache.
+    """
+    parts = module.split(".")
+    spec = importlib.machinery.PathFinder.find_spec(parts[0])
+    for i in range(1, len(parts)):
+        if spec is None or not spec.submodule_search_locations:  # a parent is not a package
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:i + 1]), spec.submodule_search_locations)
     if spec is None or not spec.origin or not spec.origin.endswith(".py"):
         return None
     return Path(spec.origin)

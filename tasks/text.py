@@ -1,4 +1,4 @@
-"""Prefect tasks for the text front half: ingest, tokenize (per partition), count (tree merge).
+"""Prefect tasks for the text front half: ingest, tokenize + count (per partition), vocabulary (tree merge).
 
 Thin wrappers: read inputs named by manifests, call ``kexue``, write artifacts, return
 a manifest. Nothing here decides *what* to compute — that is ``kexue`` — or *where* —
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kexue.text import count as kcount
@@ -33,28 +33,28 @@ def ingest_task(store: Store, params: IngestParams, source_fingerprints: list[st
     )
 
 
+def _save_counts(directory: Path, table: pa.Table) -> FileRef:
+    return save_content_addressed(directory, ".parquet", lambda t: pq.write_table(table, t))
+
+
 @kexue_task("tokenize-partition")
 def tokenize_partition_task(store: Store, partition: FileRef, params: TokenizeParams) -> Manifest:
+    """Tokens of one partition, and their counts — taken while the tokens are in memory."""
     table, stats = ktok.tokenize_partition(partition.path, params)
-    ref = save_content_addressed(store.stage_dir("tokenize") / "partitions", ".parquet", lambda t: pq.write_table(table, t))
-    return Manifest(stage="tokenize", partitions=[ref], metrics=stats)
-
-
-@kexue_task("count-partition")
-def count_partition_task(store: Store, tokens: FileRef, batch_docs: int) -> FileRef:
-    frame = kcount.count_partition(tokens.path, batch_docs)
-    return save_content_addressed(store.stage_dir("count") / "partials", ".parquet", lambda t: frame.to_parquet(t, index=False))
+    tokens = save_content_addressed(store.stage_dir("tokenize") / "partitions", ".parquet", lambda t: pq.write_table(table, t))
+    counts = _save_counts(store.stage_dir("tokenize") / "counts", kcount.count_tokens(table.column("tokens")))
+    return Manifest(stage="tokenize", partitions=[tokens], files={"counts": counts}, metrics=stats)
 
 
 @kexue_task("count-merge")
 def merge_counts_task(store: Store, partials: list[FileRef]) -> FileRef:
-    frame = kcount.merge_partials([pd.read_parquet(p.path) for p in partials])
-    return save_content_addressed(store.stage_dir("count") / "partials", ".parquet", lambda t: frame.to_parquet(t, index=False))
+    return _save_counts(store.stage_dir("count") / "partials", kcount.merge_partials([pq.read_table(p.path) for p in partials]))
 
 
 @kexue_task("vocabulary")
-def vocabulary_task(store: Store, total: FileRef) -> Manifest:
-    vocab = kcount.vocabulary(pd.read_parquet(total.path))
+def vocabulary_task(store: Store, partials: list[FileRef]) -> Manifest:
+    """Sum the last partials, rank, flag, plot."""
+    vocab = kcount.vocabulary(kcount.merge_partials([pq.read_table(p.path) for p in partials]))
     ref = save_content_addressed(store.stage_dir("count") / "vocabulary", ".parquet", lambda t: vocab.to_parquet(t, index=False))
     plot = kcount.plot_rank_frequency(vocab, store.stage_dir("count", ref.sha256) / "rank_frequency.png")
     return Manifest(stage="count", files={"vocabulary": ref, "rank_frequency_png": FileRef.of(plot)},

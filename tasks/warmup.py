@@ -3,40 +3,56 @@
 A new worker process imports Prefect's task engine and our task modules on its first task,
 a few seconds that otherwise land on the critical path of whichever stage first reaches
 that worker (with two workers, one of them sits idle while the other works through the
-partitions). ``kexue run`` preloads this module into its LocalCluster workers; on an
-existing cluster start workers with ``dask worker --preload tasks.warmup``.
+partitions). ``kexue run`` imports ``MODULES`` once, in the fork server its LocalCluster's
+workers are forked from (``flows.runtime.start_local_cluster``); other LocalClusters
+preload this module into each worker; on an existing cluster start workers with
+``dask worker --preload tasks.warmup``.
 
-Which task modules: those the stage runners submit from (``flows.stages``' imports),
-except any that would import TensorFlow when loaded — only the JoSE and GAN tasks need it,
-inside the task, and it costs seconds and hundreds of MB per worker. Derived from the
-import statements, so a new stage's task module is preloaded without a list to edit.
+Which modules: what every task needs, even one whose result comes from the cache.
+Prefect sends the flow run's context — the flow object included — with every task, so a
+worker imports the flow's module, ``flows.pipeline``, and with it every task module the
+stage runners submit from (``flows.stages``' imports; a new stage's tasks come along with
+no list to edit). Those load without TensorFlow, which only the JoSE and GAN tasks import,
+when they run; the segmenter and plotting also load on first use.
 """
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
+import sys
 import time
 
 log = logging.getLogger("kexue.warmup")
 
-LIBRARIES = ("prefect.task_engine", "prefect.results", "rjieba", "matplotlib.pyplot")
-HEAVY = {"tensorflow", "keras"}
-
-
-def task_modules() -> list[str]:
-    """Task modules used by the stage runners that load without TensorFlow."""
-    from tasks.code_version import load_time_imports, module_imports
-
-    used = sorted(m for m in module_imports("flows.stages") if m.startswith("tasks."))
-    return [m for m in used if not HEAVY & load_time_imports(m)]
+MODULES = ("prefect.task_engine", "prefect.results", "flows.pipeline")
 
 
 def dask_setup(worker) -> None:  # the hook Dask calls for a worker preload
     t0 = time.perf_counter()
-    import matplotlib
-
-    matplotlib.use("Agg")  # workers are headless; the plotting functions ask for Agg too
-    modules = [*LIBRARIES, *task_modules()]
-    for name in modules:
+    for name in MODULES:
         importlib.import_module(name)
-    log.info("worker %s: preloaded %s in %.2f s", worker.name, ", ".join(modules), time.perf_counter() - t0)
+    log.info("worker %s: preloaded %s in %.2f s", worker.name, ", ".join(MODULES), time.perf_counter() - t0)
+
+
+def _prefect_services() -> list:
+    if "prefect" not in sys.modules:
+        return []
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    return [EventsWorker, APILogWorker]
+
+
+def drain_prefect_services() -> None:
+    """Send the events and log lines Prefect still queues in this process to the API while
+    it is up: left for interpreter exit, they would be retried against a server that is
+    gone (or, in a forked worker, which exits without exit hooks, dropped)."""
+    for service in _prefect_services():
+        service.drain_all(timeout=10)
+
+
+async def dask_teardown(worker) -> None:  # the hook Dask awaits when the worker closes
+    for service in _prefect_services():
+        if inspect.isawaitable(done := service.drain_all(timeout=10)):  # inside an event loop: a future
+            await done

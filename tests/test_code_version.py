@@ -49,6 +49,18 @@ def test_loading_task_modules_never_imports_tensorflow():
         assert not {"tensorflow", "keras"} & load_time_imports(module), module
 
 
+def test_computing_a_code_version_never_imports_tensorflow():
+    """A worker computes the JoSE/GAN task's cache key (with its code version) even when the
+    result comes from the cache: that must not start TensorFlow."""
+    script = ("import sys, tasks.jose as j, tasks.gan as g; from tasks.code_version import code_version as v\n"
+              "v(j.jose_task.fn.__wrapped__); v(g.gan_run_task.fn.__wrapped__)\n"
+              "print(sorted({'tensorflow', 'keras'} & set(sys.modules)))")
+    out = subprocess.run([str(BIN / "python"), "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_code_version_changes_with_a_transitive_module(tmp_path):
     """The version is a hash of file contents: read it in a copy of the library."""
     copy = tmp_path / "src"

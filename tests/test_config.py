@@ -45,9 +45,9 @@ def test_unknown_parameter_key_is_named_with_suggestion(proj):
 
 
 def test_wrong_type_is_named(proj):
-    edit(proj / "pipeline.yaml", "batch_docs: 2000", "batch_docs: lots")
+    edit(proj / "pipeline.yaml", "merge_fanin: 8", "merge_fanin: lots")
     msg = error_of(proj)
-    assert "stages.count.params" in msg and "batch_docs" in msg
+    assert "stages.count.params" in msg and "merge_fanin" in msg
 
 
 def test_unknown_stage_in_inputs(proj):
@@ -76,13 +76,13 @@ def test_stages_receive_their_inputs_by_name_not_by_kind(proj):
     """Two count stages of the same kind: each consumer gets the one pipeline.yaml names."""
     text = (proj / "pipeline.yaml").read_text()
     text = text.replace("  jose:\n", "  count_small:\n    task: count\n    inputs: {tokens: tokenize}\n"
-                                      "    params: {batch_docs: 10}\n\n  jose:\n", 1)
+                                      "    params: {merge_fanin: 3}\n\n  jose:\n", 1)
     text = text.replace("    inputs: {tokens: tokenize, vocabulary: count}\n    params:\n      dim",
                         "    inputs: {tokens: tokenize, vocabulary: count_small}\n    params:\n      dim")
     (proj / "pipeline.yaml").write_text(text)
     cfg = load(proj / "pipeline.yaml", "local")
     assert cfg.pipeline.stages["jose"].inputs == {"tokens": "tokenize", "vocabulary": "count_small"}
-    assert cfg.params["count_small"].batch_docs == 10 and cfg.params["count"].batch_docs == 2000
+    assert cfg.params["count_small"].merge_fanin == 3 and cfg.params["count"].merge_fanin == 8
 
 
 def test_cycle_is_reported(proj):

@@ -47,7 +47,7 @@ def test_run_rerun_cached_and_parameter_change(project):
 
 
 def test_resume_after_injected_failure_in_count(project, monkeypatch):
-    monkeypatch.setenv("KEXUE_INJECT_FAILURE", "count-partition")  # Dask workers inherit it
+    monkeypatch.setenv("KEXUE_INJECT_FAILURE", "vocabulary")  # Dask workers inherit it
     with pytest.raises(Exception, match="count"):
         project.run(STAGES)
     failed = pd.read_json(project.data / "runs" / "latest" / "summary.json", typ="series")

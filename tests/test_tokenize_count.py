@@ -3,31 +3,41 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from itertools import chain
 
 import pandas as pd
 import pytest
 
 from kexue.text import count as kcount
-from kexue.text.corpora import peoples_daily
+from kexue.text import tokenize as ktok
+from kexue.text.corpora import peoples_daily, reviews
 from kexue.text.tokenize import TokenizeParams, effective_backend, make_segmenter, prf, segmentation_counts, tokenize_partition
 
 
+def default_corpus_texts() -> list[str]:
+    """Every distinct document of the default corpus (People's Daily + reviews)."""
+    return list(dict.fromkeys(r.text for r in chain(peoples_daily(), reviews())))
+
+
 @pytest.mark.slow
-def test_rjieba_equals_jieba_on_the_whole_peoples_daily_corpus():
-    texts = [r.text for r in peoples_daily()]
-    rj = make_segmenter(TokenizeParams(backend="rjieba"))
-    jb = make_segmenter(TokenizeParams(backend="jieba"))
+@pytest.mark.parametrize("hmm", [True, False])
+def test_rjieba_gives_jiebas_tokens_on_every_default_document(hmm):
+    texts = default_corpus_texts()
+    rj = make_segmenter(TokenizeParams(backend="rjieba", hmm=hmm))
+    jb = make_segmenter(TokenizeParams(backend="jieba", hmm=hmm))
     differing = [t for t in texts if rj(t) != jb(t)]
-    assert len(texts) == 19484
+    assert len(texts) > 36_000
     assert differing == []
 
 
-def test_backends_agree_without_hmm_too():
-    texts = [r.text for _, r in zip(range(2000), peoples_daily())]
-    rj = make_segmenter(TokenizeParams(backend="rjieba", hmm=False))
-    jb = make_segmenter(TokenizeParams(backend="jieba", hmm=False))
-    assert all(rj(t) == jb(t) for t in texts)
-    assert any(rj(t) != make_segmenter(TokenizeParams(hmm=True))(t) for t in texts)  # HMM matters
+def test_rjieba_splits_non_chinese_runs_like_jiebas_hmm_path():
+    rj = make_segmenter(TokenizeParams(backend="rjieba"))
+    jb = make_segmenter(TokenizeParams(backend="jieba"))
+    text = "我用C++和AT&T，看www.smallstonesoft.com，2008-6-1到货，1-3天，涨了3.5%，邮件a_b@qq.com"
+    assert rj(text) == jb(text)
+    assert {"C++", "AT&T", "3.5%"} <= set(rj(text))  # dictionary words and finalseg's numbers stay whole
+    assert "www.smallstonesoft.com" not in rj(text) and "2008" in rj(text)
+    assert any(rj(t) != make_segmenter(TokenizeParams(hmm=False))(t) for t in default_corpus_texts()[:2000])  # HMM matters
 
 
 def test_user_dictionary_falls_back_to_jieba_and_is_honoured(tmp_path):
@@ -78,29 +88,37 @@ def test_batched_segmentation_counts_equal_per_document_span_sets():
         segmentation_counts([["a"]], [])
 
 
-def test_partition_tokens_and_exact_counts(tmp_path):
+def test_partition_tokens_and_exact_counts(tmp_path, monkeypatch):
     rows = [r for _, r in zip(range(3000), peoples_daily())]
+    texts = [r.text for r in rows]
+    texts[1] = "这是 一段\n有空白的 文字"  # white space is dropped from the tokens (and kept for scoring)
     part = tmp_path / "p.parquet"
     pd.DataFrame({"doc_id": [str(i) for i in range(len(rows))], "source": "pd", "label": None,
-                  "text": [r.text for r in rows], "hash": "", "gold_tokens": [list(r.gold_tokens) for r in rows]}).to_parquet(part)
+                  "text": texts, "hash": "", "gold_tokens": [list(r.gold_tokens) for r in rows]}).to_parquet(part)
     table, stats = tokenize_partition(part, {})
+    monkeypatch.setattr(ktok, "BATCH_DOCS", 700)  # the same, segmented in five batches
+    assert tokenize_partition(part, {}) == (table, stats)
     tokens = table.to_pandas()
+    segment = make_segmenter(TokenizeParams())
+    assert [list(t) for t in tokens["tokens"]] == [[w for w in segment(t) if w.strip()] for t in texts]
+    assert " " in segment(texts[1]) and "\n" in segment(texts[1])
     assert stats["documents"] == 3000 and stats["seg_docs"] == 3000
     assert 0.7 < prf(stats["seg_tp"], stats["seg_pred"], stats["seg_gold"])["f1"] < 0.95
     tpath = tmp_path / "t.parquet"
     tokens.to_parquet(tpath)
-    # split the partition's docs in three partials, count in small batches, merge
-    halves = [tokens.iloc[i::3] for i in range(3)]
-    frames = []
-    for i, h in enumerate(halves):
-        h.to_parquet(tmp_path / f"h{i}.parquet")
-        frames.append(kcount.count_partition(tmp_path / f"h{i}.parquet", batch_docs=7))
-    total = kcount.merge_partials([kcount.merge_partials(frames[:2]), frames[2]])
+    # split the partition's docs in three partials, count each, merge as a tree
+    thirds = [tokens.iloc[i::3] for i in range(3)]
+    partials = []
+    for i, part_tokens in enumerate(thirds):
+        part_tokens.to_parquet(tmp_path / f"h{i}.parquet")
+        partials.append(kcount.count_partition(tmp_path / f"h{i}.parquet"))
+    total = kcount.merge_partials([kcount.merge_partials(partials[:2]), partials[2]]).to_pydict()
     plain = Counter(t for doc in tokens["tokens"] for t in doc)
     plain_df = Counter(t for doc in tokens["tokens"] for t in set(doc))
     assert dict(zip(total["token"], total["count"])) == plain
     assert dict(zip(total["token"], total["doc_freq"])) == plain_df
-    v = kcount.vocabulary(total)
+    assert kcount.count_tokens(table.column("tokens")).to_pydict() == kcount.count_partition(tpath).to_pydict()
+    v = kcount.vocabulary(pd.DataFrame(total))
     assert list(v["rank"]) == list(range(len(v)))
     assert v["count"].is_monotonic_decreasing
     flags = dict(zip(v["token"], zip(v["is_stopword"], v["is_punct"])))

@@ -1,10 +1,11 @@
-"""count: per-partition token counts in batches, merged pairwise into a vocabulary.
+"""count: token counts per tokens partition, summed into a ranked vocabulary.
 
-Why batch-then-merge: a batch of documents is counted at once inside Arrow's C++ kernels
-(never token by token in Python), and merging a few partial tables is cheap; growing one
-giant dict token by token is what the naive loop does, and it is many times slower even
-on one core. On the cluster the partials are merged as a tree, so no single task holds
-every partition at once.
+Why counting happens in Arrow: a partition's tokens are dictionary-encoded once (a hash
+per token in C++), after which counts are a ``bincount`` of the codes and document
+frequencies a ``bincount`` over the distinct (document, code) pairs — never token by token
+in Python, which is what the naive ``dict`` loop does. The tokenize task counts the tokens
+it has just produced, while they are in memory; partial tables are then summed (as a tree
+on the cluster when there are many), so no task ever holds every partition.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,50 +21,38 @@ import pyarrow.parquet as pq
 
 from kexue.text.corpora import stopwords
 
-PARTIAL_COLUMNS = ["token", "count", "doc_freq"]
+PARTIAL_SCHEMA = pa.schema([("token", pa.string()), ("count", pa.int64()), ("doc_freq", pa.int64())])
 
 
-def _partial(tokens: pa.ChunkedArray | pa.Array) -> pa.Table:
-    """(token, count, doc_freq) of one batch of documents (a list<string> array), in Arrow.
+def count_tokens(docs: pa.Array | pa.ChunkedArray) -> pa.Table:
+    """(token, count, doc_freq) of a list<string> array of documents; tokens in first-seen order."""
+    if isinstance(docs, pa.ChunkedArray):
+        docs = docs.combine_chunks()
+    encoded = pc.dictionary_encode(pc.list_flatten(docs))
+    n_types = len(encoded.dictionary)
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    # distinct (document, token) pairs: sorted pair keys, each counted where it first appears
+    pairs = pc.list_parent_indices(docs).to_numpy(zero_copy_only=False).astype(np.int64) * n_types + codes
+    pairs.sort()
+    first = np.ones(len(pairs), dtype=bool)
+    np.not_equal(pairs[1:], pairs[:-1], out=first[1:])
+    return pa.table([encoded.dictionary, pa.array(np.bincount(codes, minlength=n_types)),
+                     pa.array(np.bincount(pairs[first] % max(n_types, 1), minlength=n_types))], schema=PARTIAL_SCHEMA)
 
-    Counting runs in Arrow's C++ kernels: value_counts over the flattened tokens, and
-    document frequency as the counts of distinct (document, token) pairs.
-    """
-    if isinstance(tokens, pa.ChunkedArray):
-        tokens = tokens.combine_chunks()
-    flat = pc.list_flatten(tokens)
-    if len(flat) == 0:
-        return pa.table({"token": pa.array([], pa.string()), "count": pa.array([], pa.int64()), "doc_freq": pa.array([], pa.int64())})
-    pairs = pa.table({"doc": pc.list_parent_indices(tokens), "token": flat})
-    counts = pairs.group_by("token").aggregate([("doc", "count")]).rename_columns(["token", "count"])
-    dfreq = pairs.group_by(["doc", "token"]).aggregate([]).group_by("token").aggregate([("doc", "count")]).rename_columns(["token", "doc_freq"])
-    return counts.join(dfreq, "token")
+
+def count_partition(tokens_path: str | Path) -> pa.Table:
+    """Partial counts of one tokens partition file."""
+    return count_tokens(pq.read_table(tokens_path, columns=["tokens"]).column("tokens"))
 
 
-def _sum(tables: list[pa.Table]) -> pa.Table:
+def merge_partials(tables: list[pa.Table]) -> pa.Table:
+    """Sum partial count tables (token → count, doc_freq); order follows first appearance."""
     if len(tables) == 1:
         return tables[0]
-    merged = pa.concat_tables(tables).group_by("token").aggregate([("count", "sum"), ("doc_freq", "sum")])
-    return merged.rename_columns(["token", "count", "doc_freq"])
-
-
-def _frame(table: pa.Table) -> pd.DataFrame:
-    df = table.select(PARTIAL_COLUMNS).to_pandas()
-    return df.sort_values("token", kind="mergesort").reset_index(drop=True).astype({"count": "int64", "doc_freq": "int64"})
-
-
-def count_partition(tokens_path: str | Path, batch_docs: int = 2000) -> pd.DataFrame:
-    """Partial counts of one tokens partition, sorted by token: per batch, then merged."""
-    pf = pq.ParquetFile(tokens_path)
-    partials = [_partial(b.column("tokens")) for b in pf.iter_batches(batch_size=batch_docs, columns=["tokens"])]
-    return _frame(_sum(partials) if partials else _partial(pa.array([], pa.list_(pa.string()))))
-
-
-def merge_partials(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Sum partial count frames (token → count, doc_freq)."""
-    if len(frames) == 1:
-        return frames[0]
-    return _frame(_sum([pa.Table.from_pandas(f[PARTIAL_COLUMNS], preserve_index=False) for f in frames]))
+    merged = pa.concat_tables([t.select(PARTIAL_SCHEMA.names).cast(PARTIAL_SCHEMA) for t in tables])
+    # single-threaded grouping keeps the row order (and so the file's bytes, its cache identity) reproducible
+    summed = merged.group_by("token", use_threads=False).aggregate([("count", "sum"), ("doc_freq", "sum")])
+    return summed.rename_columns(PARTIAL_SCHEMA.names)
 
 
 def is_punct(token: str) -> bool:
@@ -75,12 +65,14 @@ def is_number(token: str) -> bool:
     return all(unicodedata.category(c)[0] == "N" for c in token)
 
 
-def vocabulary(total: pd.DataFrame) -> pd.DataFrame:
+def vocabulary(total: pa.Table | pd.DataFrame) -> pd.DataFrame:
     """Ranked vocabulary with stop-word and punctuation flags (rank 0 = most frequent).
 
     Ties are broken by token so the ranking is deterministic.
     """
     stop = stopwords()
+    if isinstance(total, pa.Table):
+        total = total.select(PARTIAL_SCHEMA.names).to_pandas()
     v = total.sort_values(["count", "token"], ascending=[False, True], kind="mergesort").reset_index(drop=True)
     v["rank"] = range(len(v))
     v["is_stopword"] = v["token"].isin(stop)
@@ -102,12 +94,12 @@ def vocabulary_metrics(v: pd.DataFrame) -> dict[str, Any]:
 
 
 def plot_rank_frequency(vocab: pd.DataFrame, path: str | Path) -> Path:
-    """Zipf plot (log rank vs log count) of the vocabulary, as PNG."""
-    import matplotlib
+    """Zipf plot (log rank vs log count) of the vocabulary, as PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    Drawn on a bare ``Figure`` with fixed margins: no pyplot state (safe in a threaded
+    worker), and no layout pass, which would draw the figure twice.
+    """
+    from matplotlib.figure import Figure
 
     from kexue.core.artifacts import atomic_path
 
@@ -117,7 +109,9 @@ def plot_rank_frequency(vocab: pd.DataFrame, path: str | Path) -> Path:
         ranks = ranks[ranks <= len(counts)]
         return ranks, counts[ranks - 1]
 
-    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=110)
+    fig = Figure(figsize=(5.5, 4), dpi=110)
+    fig.subplots_adjust(left=0.13, bottom=0.12, right=0.97, top=0.92)
+    ax = fig.add_subplot()
     ax.loglog(*log_spaced(vocab["count"].to_numpy()), lw=1.5, label="all tokens")
     content = vocab.loc[~vocab["is_stopword"] & ~vocab["is_punct"], "count"].to_numpy()
     ax.loglog(*log_spaced(content), lw=1.2, label="without stop words / punctuation")
@@ -125,9 +119,6 @@ def plot_rank_frequency(vocab: pd.DataFrame, path: str | Path) -> Path:
     ax.set_ylabel("count")
     ax.set_title(f"rank-frequency, {len(vocab):,} types, {int(vocab['count'].sum()):,} tokens")
     ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
     return Path(path)
-

@@ -40,5 +40,4 @@ class TokenizeParams(BaseModel):
 
 class CountParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    batch_docs: int = Field(2000, ge=1)  # documents counted together before merging
-    merge_fanin: int = Field(8, ge=2)  # partials merged per tree node
+    merge_fanin: int = Field(8, ge=2)  # partition counts summed per task (a tree on the cluster beyond that)

@@ -1,8 +1,15 @@
 """tokenize: one ingest partition → one tokens partition, with jieba or rjieba.
 
-jieba is the reference segmenter; rjieba (a Rust port) is the default because it gives
-the same tokens about 9× faster. A user dictionary is honoured by jieba only, so asking
-for one switches the backend to jieba rather than silently segmenting differently.
+jieba is the reference segmenter; rjieba (a Rust port) is the default because it is about
+9× faster. The two differ in one place, and ``make_segmenter`` removes the difference: in
+jieba's HMM path a run of characters that no dictionary word covers goes through
+``jieba.finalseg``, which splits its non-Chinese part at every character outside
+``[a-zA-Z0-9]`` (``www.example.com`` → ``www . example . com``, ``2008-6-1`` → ``2008 - 6 -
+1``), while rjieba keeps such a run whole. Splitting rjieba's tokens with finalseg's own
+pattern gives jieba's tokens (checked on every document of the built-in corpora, both HMM
+settings, in tests/test_tokenize_count.py). A user dictionary is honoured by jieba only,
+so asking for one switches the backend to jieba rather than silently segmenting
+differently.
 """
 from __future__ import annotations
 
@@ -38,14 +45,39 @@ def _jieba_tokenizer(user_dict: str | None):
     return tk
 
 
+# jieba's cut() sends blocks of [Han a-zA-Z0-9+#&._%-] to the DAG; a token of rjieba made
+# only of these non-Han characters that is no dictionary word (C++, AT&T are) came from the
+# HMM path, where jieba.finalseg splits it with re_skip (copied from jieba/finalseg).
+_NON_HAN_BLOCK = re.compile(r"[a-zA-Z0-9+#&._%\-]+")
+_FINALSEG_SKIP = re.compile(r"([a-zA-Z0-9]+(?:\.\d+)?%?)")
+_JOINER = re.compile(r"[+#&._%\-]")  # a text without one of these needs no re-splitting
+
+
+def _split_like_jieba(tokens: list[str], is_word: Callable[[str], bool]) -> list[str]:
+    out: list[str] = []
+    for t in tokens:
+        if len(t) > 1 and _NON_HAN_BLOCK.fullmatch(t) and not is_word(t):
+            out.extend(x for x in _FINALSEG_SKIP.split(t) if x)
+        else:
+            out.append(t)
+    return out
+
+
 def make_segmenter(p: TokenizeParams) -> Callable[[str], list[str]]:
-    """A function text → tokens (white-space tokens included; ``tokenize_partition`` drops them)."""
+    """A function text → jieba's tokens (white-space tokens included; ``tokenize_partition`` drops them)."""
     if effective_backend(p) == "jieba":
         tk = _jieba_tokenizer(p.user_dict)
         return functools.partial(tk.lcut, HMM=p.hmm)
     import rjieba
 
-    return functools.partial(rjieba.cut, hmm=p.hmm)
+    if not p.hmm:  # without the HMM both keep exactly the dictionary's words and single characters
+        return functools.partial(rjieba.cut, hmm=False)
+
+    def cut(text: str) -> list[str]:
+        tokens = rjieba.cut(text, True)
+        return _split_like_jieba(tokens, rjieba.has_word) if _JOINER.search(text) else tokens
+
+    return cut
 
 
 def _as_lists(docs: pa.Array | pa.ChunkedArray | list[list[str]]) -> pa.ListArray:
@@ -99,38 +131,41 @@ def prf(tp: int, n_pred: int, n_gold: int) -> dict[str, float]:
 
 
 TOKENS_TYPE = pa.list_(pa.string())
+BATCH_DOCS = 4096  # documents segmented before their tokens move into Arrow: few Python strings alive at once
 
 
 def tokenize_partition(ingest_path: str | Path, params: dict[str, Any] | TokenizeParams) -> tuple[pa.Table, dict[str, int]]:
     """Segment every document of one ingest partition.
 
     Returns the tokens table (doc_id, source, label, tokens) and segmentation counts
-    against the gold tokens where the partition has them (People's Daily). Stays in Arrow
-    from the Parquet read to the write: the token lists are converted once.
+    against the gold tokens where the partition has them (People's Daily). Documents are
+    segmented a batch at a time and each batch's tokens converted to Arrow at once, so the
+    Python token strings (an object of tens of bytes each) of only one batch are alive.
     """
     p = params if isinstance(params, TokenizeParams) else TokenizeParams.model_validate(params)
     segment = make_segmenter(p)
     table = pq.read_table(ingest_path, columns=["doc_id", "source", "label", "text", "gold_tokens"])
-    texts = table.column("text").to_pylist()
-    raw = [segment(text) for text in texts]
-    # only a text with white space can yield white-space tokens: skip the per-token test otherwise
-    spaced = [i for i, text in enumerate(texts) if p.drop_whitespace and _WHITESPACE.search(text)]
-    kept = list(raw)
-    for i in spaced:
-        kept[i] = [t for t in raw[i] if t.strip()]
-    tokens = pa.array(kept, TOKENS_TYPE)
-    gold = table.column("gold_tokens").combine_chunks()
-    has_gold = pc.is_valid(gold)
-    gold_docs = int(pc.sum(has_gold).as_py() or 0)
-    tp = n_pred = n_gold = 0
-    if gold_docs:
-        pred = pa.array(raw, TOKENS_TYPE) if spaced else tokens  # scored before white space is dropped
-        tp, n_pred, n_gold = segmentation_counts(pred.filter(has_gold), gold.filter(has_gold))
+    chunks: list[pa.Array] = []
+    tp = n_pred = n_gold = gold_docs = 0
+    for batch in table.select(["text", "gold_tokens"]).to_batches(max_chunksize=BATCH_DOCS):
+        texts = batch.column(0).to_pylist()
+        raw = [segment(text) for text in texts]
+        scored = pa.array(raw, TOKENS_TYPE)  # segmentation is scored before white space is dropped
+        gold = batch.column(1)
+        has_gold = pc.is_valid(gold)
+        if n := int(pc.sum(has_gold).as_py() or 0):
+            counts = segmentation_counts(scored.filter(has_gold), gold.filter(has_gold))
+            tp, n_pred, n_gold, gold_docs = tp + counts[0], n_pred + counts[1], n_gold + counts[2], gold_docs + n
+        spaced = [i for i, text in enumerate(texts) if p.drop_whitespace and _WHITESPACE.search(text)]
+        for i in spaced:  # only a text with white space can yield white-space tokens
+            raw[i] = [t for t in raw[i] if t.strip()]
+        chunks.append(pa.array(raw, TOKENS_TYPE) if spaced else scored)
+    tokens = pa.chunked_array(chunks, TOKENS_TYPE)
     out = pa.table({"doc_id": table.column("doc_id"), "source": table.column("source"),
                     "label": table.column("label"), "tokens": tokens})
     stats = {
         "documents": table.num_rows,
-        "tokens": len(tokens.values),
+        "tokens": sum(len(c.values) for c in chunks),
         "characters": int(pc.sum(pc.utf8_length(table.column("text"))).as_py() or 0),
         "seg_tp": tp,
         "seg_pred": n_pred,
