@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 
 ADAM = {"name": "adam", "beta_1": 0.5}
+LA_LOOKAHEAD = {**ADAM, "learning_rate": 1e-3, "layer_adaptation": True, "lookahead": {"k": 5, "alpha": 0.5},
+                "schedule": {500: 1.0}}
 OPTIONS: dict[str, dict[str, Any]] = {
     "default": {},  # pipeline.yaml's train params (GanRunParams defaults)
     "today": {"width": 64, "steps": 2500, "vectorize_seeds": False, "eval_every": 250},  # before issue #13
@@ -51,6 +53,9 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "lr5e-4": {"d_optimizer": {**ADAM, "learning_rate": 5e-4}, "g_optimizer": {**ADAM, "learning_rate": 5e-4}},
     "ttur": {"d_optimizer": {**ADAM, "learning_rate": 4e-4}, "g_optimizer": {**ADAM, "learning_rate": 1e-4}},
     "separate": {"vectorize_seeds": False},  # the seeds one after another, same model
+    # issue 14's optimizer composition on both sides: layer adaptation + Lookahead + a linear
+    # warm-up on Adam (layer adaptation scales steps to the weights' norms: a larger rate)
+    "la_lookahead": {"d_optimizer": LA_LOOKAHEAD, "g_optimizer": LA_LOOKAHEAD},
 }
 
 

@@ -20,13 +20,13 @@ from flows import registry
 from kexue.core.artifacts import Manifest
 from kexue.embed.params import JoseParams
 from kexue.gan.data import image_source_fingerprint
-from kexue.gan.params import GanEvalParams, GanTrainParams, ImagesParams
+from kexue.gan.params import DSM_VARIANT, GanEvalParams, GanTrainParams, ImagesParams
 from kexue.gan.results import gather_runs
 from kexue.graph.params import CommunityParams, GraphParams
 from kexue.text.params import CountParams, IngestParams, TokenizeParams
 from kexue.text.tokenize import summarize_partitions
 from tasks.caching import Store
-from tasks.gan import feature_net_task, gan_eval_task, gan_run_task, images_task
+from tasks.gan import dsm_run_task, feature_net_task, gan_eval_task, gan_run_task, images_task
 from tasks.jose import jose_task
 from tasks.jose import previous_output as previous_jose_output
 from tasks.graph import communities_task, cooccurrence_merge_task, cooccurrence_partition_task, graph_build_task
@@ -185,7 +185,11 @@ def run_gan(ctx: StageContext, params: GanTrainParams, inputs: Inputs) -> StageO
     jobs = [(variant, seeds) for variant, p in runs.items()
             for seeds in ([spec.seeds] if p.vectorize_seeds else [[s] for s in spec.seeds])]
     futures = [ctx.submit(gan_run_task, ctx.store, images, feature, variant, runs[variant], seeds) for variant, seeds in jobs]
-    wait(ctx, [feature, *futures], f"gan: {len(spec.variants)} variants × {len(spec.seeds)} seeds in {len(futures)} tasks")
+    if spec.dsm is not None:  # the score model beside the GAN: one task per seed
+        jobs += [(DSM_VARIANT, [seed]) for seed in spec.seeds]
+        futures += [ctx.submit(dsm_run_task, ctx.store, images, feature, spec.dsm, seed) for seed in spec.seeds]
+    n_variants = len(spec.variants) + (spec.dsm is not None)
+    wait(ctx, [feature, *futures], f"gan: {n_variants} variants × {len(spec.seeds)} seeds in {len(futures)} tasks")
     files, table, seconds = gather_runs(
         [(variant, seeds, f.result().files, f.result().metrics) for (variant, seeds), f in zip(jobs, futures)],
         first_seed=spec.seeds[0])

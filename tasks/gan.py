@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from kexue.core.artifacts import FileRef, Manifest, sha256_text, stable_json
-from kexue.gan.params import FeatureNetParams, GanEvalParams, GanRunParams, ImagesParams
-from kexue.gan.results import run_records, seed_key
+from kexue.gan.params import DSM_VARIANT, DsmParams, FeatureNetParams, GanEvalParams, GanRunParams, ImagesParams
+from kexue.gan.results import first_run_files, run_records, seed_key
 from tasks.caching import Store, kexue_task
 from tasks.progress import emit
 
@@ -92,21 +92,48 @@ def gan_run_task(store: Store, images: Manifest, feature_net: Manifest, variant:
     out, checkpoints = store.stage_dir("gan", key), store.stage_dir("gan-checkpoints", key)
     real = np.load(images.files["images"].path)
     eval_fn = make_eval_fn(real, load_feature_model(feature_net.files["model"].path))
+    labels = images.files["labels"].path if "labels" in images.files else None
     results = train_gan(images.files["images"].path, str(out), params, seeds, str(checkpoints),
-                        progress=ProgressLines(variant), eval_fn=eval_fn)
+                        progress=ProgressLines(variant), eval_fn=eval_fn, labels_path=labels)
     files = {seed_key(seed, name): path for seed, r in results.items() for name, path in r["files"].items()}
     runs = {str(seed): {k: v for k, v in r["metrics"].items() if k not in ("losses", "eval")}
             for seed, r in results.items()}
     return Manifest.of_result("gan-run", {"files": files, "metrics": {"variant": variant, "runs": runs}})
 
 
+@kexue_task("dsm-run", retries=0)
+def dsm_run_task(store: Store, images: Manifest, feature_net: Manifest, params: DsmParams, seed: int) -> Manifest:
+    """Train the denoising-score-matching generator for one seed, evaluated like a GAN variant; resumable per epoch.
+
+    Files and metrics are shaped as ``gan_run_task``'s, under the variant name ``dsm``.
+    """
+    from kexue.gan.dsm import train_dsm
+    from kexue.gan.eval.features import load_feature_model
+    from kexue.gan.eval.metrics import make_eval_fn
+
+    _single_threaded_tf()
+    key = sha256_text(images.fingerprint(), feature_net.fingerprint(), DSM_VARIANT, stable_json(params), str(seed))
+    out, checkpoints = store.stage_dir("gan", key), store.stage_dir("gan-checkpoints", key)
+    eval_fn = make_eval_fn(np.load(images.files["images"].path), load_feature_model(feature_net.files["model"].path))
+    result = train_dsm(images.files["images"].path, str(out), params, seed, str(checkpoints),
+                       progress=ProgressLines(DSM_VARIANT), eval_fn=eval_fn)
+    run = {k: v for k, v in result["metrics"].items() if k not in ("losses", "eval")}
+    return Manifest.of_result("gan-run", {"files": {seed_key(seed, k): v for k, v in result["files"].items()},
+                                          "metrics": {"variant": DSM_VARIANT, "runs": {str(seed): run}}})
+
+
 @kexue_task("gan-eval")
 def gan_eval_task(store: Store, gan: Manifest, params: GanEvalParams) -> Manifest:
-    """Every variant × seed: final/best FID, KID, IS, precision/recall; Welch's t-test vs baseline."""
+    """Every variant × seed: final/best FID, KID, IS, precision/recall; Welch's t-test vs baseline;
+    each variant's sampling cost, timed here back to back (``kexue.gan.eval.cost``)."""
     from kexue.gan.eval.compare import compare_variants
+    from kexue.gan.eval.cost import samplers_of, sampling_cost
 
-    records, sample_files = run_records({key: ref.path for key, ref in gan.files.items()})
+    _single_threaded_tf()
+    paths = {key: ref.path for key, ref in gan.files.items()}
+    records, sample_files = run_records(paths)
     samples = {variant: np.load(path) for variant, path in sample_files.items()}
     out = store.stage_dir("gan_eval", sha256_text(gan.fingerprint(), stable_json(params)))
-    return Manifest.of_result("gan_eval", compare_variants(records, out, baseline=params.baseline,
-                                                           samples=samples, alpha=params.alpha))
+    return Manifest.of_result("gan_eval", compare_variants(
+        records, out, baseline=params.baseline, samples=samples, alpha=params.alpha, baselines=params.baselines,
+        sampling_cost=sampling_cost(samplers_of(first_run_files(paths)))))

@@ -13,6 +13,7 @@ import pytest
 from scipy.special import logsumexp
 
 from kexue.gan.data import load_images
+from kexue.gan.params import DsmParams
 from kexue.gan.dsm import (
     ScoreModel,
     _batches,
@@ -74,10 +75,10 @@ def test_learned_score_matches_the_analytic_score_of_a_2d_gaussian_mixture():
     """
     data = MIXTURE_2D.sample(20000, seed=0)
     steps = 2000
-    model = build_score_model(data, {"width": 64, "depth": 3, "levels": 5, "sigma_min": 0.1, "batch_size": 256,
-                                     "steps_per_epoch": steps,
-                                     "optimizer": {"name": "adam", "learning_rate": 3e-3,
-                                                   "schedule": {0: 1.0, steps // 2: 1.0, steps: 0.02}}})
+    params = DsmParams(width=64, depth=3, levels=5, sigma_min=0.1, batch_size=256, steps_per_epoch=steps,
+                       optimizer={"name": "adam", "learning_rate": 3e-3,
+                                  "schedule": {0: 1.0, steps // 2: 1.0, steps: 0.02}})
+    model = build_score_model(data, params, seed=0)
     model.fit(_batches(data, 256, 0, steps, seed=0), epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
     errors = {}
     for i, sigma in enumerate(model.sigmas):
@@ -146,7 +147,7 @@ def test_score_model_round_trips_through_config_and_keras_file(tmp_path):
 # SGD with momentum, as in the GAN's resume test: forgetting the optimizer state or the
 # noise RNG moves the weights well beyond float rounding.
 TINY = {"width": 8, "depth": 1, "levels": 3, "sigma_min": 0.05, "batch_size": 16, "steps_per_epoch": 4,
-        "steps_per_level": 2, "eval_samples": 16, "grid": 4, "seed": 2,
+        "steps_per_level": 2, "eval_samples": 16, "grid": 4,
         "optimizer": {"name": "sgd", "learning_rate": 0.02, "momentum": 0.9}}
 
 
@@ -164,35 +165,37 @@ def _weights(out_dir: Path):
 def test_train_dsm_checkpoints_and_resumes_like_an_uninterrupted_run(tmp_path, tiny_images):
     calls = []
 
-    def eval_fn(samples, step):
-        calls.append(step)
-        assert samples.shape == (16, 8, 8, 1)
+    def eval_fn(samples, step, full):
+        calls.append((step, full))
+        assert samples.shape == (16, 8, 8, 1) and np.abs(samples).max() <= 1.0  # clipped to the data's range
         return {"fid": float(np.mean(samples**2))}
 
-    first = train_dsm(tiny_images, str(tmp_path / "run"), {**TINY, "steps": 8}, str(tmp_path / "ckpt"), eval_fn=eval_fn)
+    def run(name, steps, **kw):
+        return train_dsm(tiny_images, str(tmp_path / name), {**TINY, "steps": steps}, 2, str(tmp_path / f"ckpt_{name}"),
+                         **kw)
+
+    first = run("run", 8, eval_fn=eval_fn)
     m = first["metrics"]
-    assert (m["step"], m["epochs"], m["resumed_from_step"], calls) == (8, 2, 0, [8])
+    assert (m["step"], m["epochs"], m["resumed_from_step"], calls) == (8, 2, 0, [(8, True)])
     assert m["sampling"]["network_evaluations_per_sample"] == 3 * 2 + 1
-    assert m["sampling"]["seconds_per_1000"] > 0
+    assert m["sampling"]["steps_per_level"] == 2 and m["sampling"]["seconds_per_1000"] > 0
     for key in ("score_model", "samples_final", "grid_final", "history"):
         assert Path(first["files"][key]).exists()
 
     progress = []
-    resumed = train_dsm(tiny_images, str(tmp_path / "run"), {**TINY, "steps": 16}, str(tmp_path / "ckpt"),
-                        progress=lambda step, total, logs: progress.append((step, total)), eval_fn=eval_fn)
+    resumed = run("run", 16, eval_fn=eval_fn, progress=lambda step, total, info: progress.append((step, total, info)))
     r = resumed["metrics"]
-    assert (r["resumed_from_step"], r["step"], progress) == (8, 16, [(12, 16), (16, 16)])
+    assert (r["resumed_from_step"], r["step"]) == (8, 16)
+    assert [(s, t) for s, t, _ in progress] == [(12, 16), (16, 16)] and progress[0][2]["seeds"] == [2]
     assert [row["step"] for row in r["losses"]] == [4, 8, 12, 16] and [row["step"] for row in r["eval"]] == [8, 16]
 
-    straight = train_dsm(tiny_images, str(tmp_path / "straight"), {**TINY, "steps": 16}, str(tmp_path / "ckpt2"))
+    straight = run("straight", 16)
     for a, b in zip(_weights(tmp_path / "run"), _weights(tmp_path / "straight")):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
     np.testing.assert_allclose(np.load(resumed["files"]["samples_final"]), np.load(straight["files"]["samples_final"]),
                                atol=1e-4)
 
-    again = train_dsm(tiny_images, str(tmp_path / "run"), {**TINY, "steps": 16}, str(tmp_path / "ckpt"))
+    again = run("run", 16)
     assert again["metrics"]["resumed_from_step"] == 16 and again["metrics"]["eval"] == r["eval"]
     with pytest.raises(ValueError, match="different run"):
-        train_dsm(tiny_images, str(tmp_path / "run"), {**TINY, "width": 16, "steps": 16}, str(tmp_path / "ckpt"))
-    with pytest.raises(ValueError, match="steps_per_levle.*did you mean 'steps_per_level'"):
-        train_dsm(tiny_images, str(tmp_path / "run"), {**TINY, "steps_per_levle": 3}, str(tmp_path / "ckpt"))
+        train_dsm(tiny_images, str(tmp_path / "run"), {**TINY, "width": 16, "steps": 16}, 2, str(tmp_path / "ckpt_run"))

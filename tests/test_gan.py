@@ -330,7 +330,8 @@ import sys
 from typer.testing import CliRunner
 from flows.cli import app
 for override in ("gan.train.batch_size=-1", "gan.train.loss=hinje", "gan.variants={cr4: {cascdes: 4}}",
-                 "gan.train.d_optimizer={name: adan}"):
+                 "gan.train.d_optimizer={name: adan}", "gan.dsm={steps_per_levle: 3}", "gan.dsm={body: cnn}",
+                 "gan.variants={dsm: {cascades: 2}}"):
     result = CliRunner().invoke(app, ["check", "--set", override])
     print(result.exit_code, result.output.strip().splitlines()[-1])
 print("tensorflow imported:", "tensorflow" in sys.modules)
@@ -342,7 +343,10 @@ print("tensorflow imported:", "tensorflow" in sys.modules)
     assert out[1].startswith("2 ") and "train.loss:" in out[1] and "did you mean 'hinge'" in out[1]
     assert out[2].startswith("2 ") and "variants.cr4.cascdes: unknown key (did you mean 'cascades'?)" in out[2]
     assert out[3].startswith("2 ") and "train.d_optimizer.name:" in out[3] and "did you mean 'adam'" in out[3]
-    assert out[4] == "tensorflow imported: False"
+    assert out[4].startswith("2 ") and "dsm.steps_per_levle: unknown key (did you mean 'steps_per_level'?)" in out[4]
+    assert out[5].startswith("2 ") and "dsm.body:" in out[5] and "'mlp'" in out[5]
+    assert out[6].startswith("2 ") and "'dsm' names the score model" in out[6]
+    assert out[7] == "tensorflow imported: False"
 
 
 def test_loss_terms_match_their_formulas():

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from kexue.gan.results import gather_runs, parse_run_key, run_key, run_records, seed_key
+from kexue.gan.results import first_run_files, gather_runs, parse_run_key, run_key, run_records, seed_key
 
 
 def _task(tmp_path, variant, seeds, fid):
@@ -45,3 +45,13 @@ def test_run_records_reads_every_history_and_one_sample_file_per_variant(tmp_pat
     assert sorted((r["variant"], r["seed"], r["history"][0]["fid"]) for r in records) == [
         ("cr1", 0, 8.0), ("cr1", 3, 11.0), ("dsm", 0, 7.0), ("dsm", 3, 10.0)]
     assert samples == {"cr1": files["cr1/s0/samples_final"], "dsm": files["dsm/s0/samples_final"]}
+
+
+def test_first_run_files_give_each_variant_one_seeds_files_score_model_kept(tmp_path):
+    variant, seeds, files, metrics = _task(tmp_path, "dsm", [2, 5], 7.0)
+    files[seed_key(2, "score_model")] = str(tmp_path / "score.keras")
+    gathered, _, _ = gather_runs([_task(tmp_path, "cr1", [2, 5], 8.0), (variant, seeds, files, metrics)], first_seed=2)
+    runs = first_run_files(gathered)
+    assert sorted(runs) == ["cr1", "dsm"]
+    assert runs["dsm"]["score_model"] == str(tmp_path / "score.keras")
+    assert runs["cr1"]["generator"] == gathered["cr1/s2/generator"] and "score_model" not in runs["cr1"]

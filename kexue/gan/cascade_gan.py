@@ -86,14 +86,15 @@ class CascadeGAN(keras.Model):
     """
 
     def __init__(self, generators: Sequence[keras.Model], discriminators: Sequence[keras.Model],
-                 seeds: Sequence[int], **kwargs):
+                 seeds: Sequence[int], conditional: bool = False, **kwargs):
         super().__init__(**kwargs)
         if not len(generators) == len(discriminators) == len(seeds) > 0:
             raise ValueError("one generator and one discriminator per seed are needed")
         self.generators = list(generators)
         self.discriminators = list(discriminators)
         self.seeds = [int(s) for s in seeds]
-        self.latent_dim = int(generators[0].input_shape[-1])
+        self.conditional = bool(conditional)  # then batches are (images, labels), and G and D take labels too
+        self.latent_dim = int(generators[0].inputs[0].shape[-1])
         self.cascades = int(discriminators[0].output_shape[-1])
         self.noise = [keras.random.SeedGenerator(s, name=f"s{s}_noise") for s in self.seeds]
         self.step = keras.Variable(0, dtype="int64", trainable=False, name="step")
@@ -129,22 +130,38 @@ class CascadeGAN(keras.Model):
     def metrics(self):
         return [self.tracker]  # reset by fit at each epoch start
 
-    def call(self, images, training=False):
-        """Cascade scores (batch, M, N) of ``images`` (batch, M, H, W, C), each member on its own."""
-        return ops.stack([d(images[:, m], training=training) for m, d in enumerate(self.discriminators)], axis=1)
+    def member_inputs(self, x, y):
+        """A member's model inputs: ``x``, or ``[x, y]`` when conditional."""
+        return [x, y] if self.conditional else x
 
-    def _fake(self, m, batch):
-        return self.generators[m](keras.random.normal((batch, self.latent_dim), seed=self.noise[m]), training=True)
+    def _split(self, data):
+        """(images, labels per member or None) of a batch: (batch, M, H, W, C) and (batch, M)."""
+        return data if self.conditional else (data, None)
 
-    def train_step(self, real):
+    def call(self, data, training=False):
+        """Cascade scores (batch, M, N) of images (batch, M, H, W, C) [and labels], each member on its own."""
+        images, labels = self._split(data)
+        return ops.stack([d(self.member_inputs(images[:, m], None if labels is None else labels[:, m]), training=training)
+                          for m, d in enumerate(self.discriminators)], axis=1)
+
+    def _fake(self, m, batch, y):
+        z = keras.random.normal((batch, self.latent_dim), seed=self.noise[m])
+        return self.generators[m](self.member_inputs(z, y), training=True)
+
+    def train_step(self, data):
+        real, labels = self._split(data)
         batch = ops.shape(real)[0]
         c = ops.convert_to_tensor(self.cascade_weights, dtype="float32")
+        # fakes are drawn for the real batch's labels, so D sees the same classes on both sides
+        y = [None if labels is None else labels[:, m] for m in range(len(self.seeds))]
 
         with tf.GradientTape() as tape:
             d_terms = []
             for m, d in enumerate(self.discriminators):
                 # one pass over real and fake together: D has no batch statistics, so this is exact
-                scores = d(ops.concatenate([real[:, m], self._fake(m, batch)], axis=0), training=True)
+                images = ops.concatenate([real[:, m], self._fake(m, batch, y[m])], axis=0)
+                scores = d(self.member_inputs(images, None if y[m] is None else ops.concatenate([y[m], y[m]], axis=0)),
+                           training=True)
                 d_terms.append(d_loss_terms(self.loss_name, scores[:batch], scores[batch:]))
             d_k = ops.stack(d_terms)  # (M, N)
             d_member = ops.sum(c * d_k, axis=-1)
@@ -153,7 +170,7 @@ class CascadeGAN(keras.Model):
         self.d_optimizer.apply(tape.gradient(_distribution_scale(d_loss), d_vars), d_vars)
 
         with tf.GradientTape() as tape:
-            g_k = ops.stack([g_loss_terms(self.loss_name, d(self._fake(m, batch), training=True))
+            g_k = ops.stack([g_loss_terms(self.loss_name, d(self.member_inputs(self._fake(m, batch, y[m]), y[m]), training=True))
                              for m, d in enumerate(self.discriminators)])
             g_member = ops.sum(c * g_k, axis=-1)
             g_loss = ops.sum(g_member)
@@ -167,25 +184,32 @@ class CascadeGAN(keras.Model):
         return {f"s{seed}/{name}": means[m, j]
                 for m, seed in enumerate(self.seeds) for j, name in enumerate(self.loss_names())}
 
-    def generate(self, z) -> np.ndarray:
-        """Images (M, n, H, W, C) from codes z (M, n, latent), each member's own, in inference mode."""
+    def generate(self, z, labels=None) -> np.ndarray:
+        """Images (M, n, H, W, C) from codes z (M, n, latent) [and labels (M, n)], each member's own, in inference mode."""
         if self._generate is None:
-            self._generate = tf.function(
-                lambda codes: ops.stack([g(codes[m], training=False) for m, g in enumerate(self.generators)]))
-        return ops.convert_to_numpy(self._generate(ops.convert_to_tensor(z)))
+            self._generate = tf.function(lambda codes, y: ops.stack(
+                [g(self.member_inputs(codes[m], None if y is None else y[m]), training=False)
+                 for m, g in enumerate(self.generators)]))
+        return ops.convert_to_numpy(self._generate(ops.convert_to_tensor(z),
+                                                   None if labels is None else ops.convert_to_tensor(labels)))
 
 
 def build_gan(image_shape: tuple[int, int, int], params: GanRunParams, seeds: Sequence[int],
-              steps_per_execution: int = 1) -> CascadeGAN:
+              steps_per_execution: int = 1, n_classes: int | None = None) -> CascadeGAN:
     """The compiled GAN of ``params`` with one member per seed, optimizer slots built.
 
     ``steps_per_execution`` train steps run inside one call of ``fit`` (compiled by XLA with
-    ``params.jit_compile``).
+    ``params.jit_compile``). ``n_classes`` is needed with ``params.conditional``.
     """
+    if params.conditional and not n_classes:
+        raise ValueError("a conditional GAN needs n_classes (the images' labels)")
+    classes = n_classes if params.conditional else None
+    d_width = params.d_width or params.width
     gan = CascadeGAN(
-        [make_generator(image_shape, params.latent_dim, params.width, seed=s) for s in seeds],
-        [make_discriminator(image_shape, params.cascades, params.width, params.spectral_norm, seed=s) for s in seeds],
-        seeds,
+        [make_generator(image_shape, params.latent_dim, params.width, seed=s, n_classes=classes) for s in seeds],
+        [make_discriminator(image_shape, params.cascades, d_width, params.spectral_norm, seed=s, n_classes=classes)
+         for s in seeds],
+        seeds, conditional=params.conditional,
     )
     gan.compile(build_optimizer(params.d_optimizer), build_optimizer(params.g_optimizer), loss=params.loss,
                 cascade_weights=params.cascade_weights, steps_per_execution=steps_per_execution,

@@ -24,14 +24,16 @@ Choices, and why:
 - The network is the post's denoiser, preconditioned as in Karras et al. (2022, "EDM"):
   r_θ(x, σ) = c_skip x + c_out F_θ(c_in x, log σ) with c_skip = σ_d²/(σ² + σ_d²),
   c_out = σσ_d/√(σ² + σ_d²), c_in = 1/√(σ² + σ_d²) (σ_d the data's std), and
-  s_θ = (r_θ − x)/σ². Why: F's input and its regression target have unit variance at
-  every level, and at large σ an error in F moves r by at most ~σ_d instead of ~σ (the
-  1/σ-scaled "s = F/σ" of NCSNv2 trained worse here at the fine levels).
+  s_θ = (r_θ − x)/σ². Why: the network is the denoiser the post starts from; F's input
+  and its regression target have unit variance at every level; and at large σ an error
+  in F moves r by at most ~σ_d instead of ~σ. (NCSNv2's s = F/σ gave a similar FID on
+  digits, docs/gan-study.md.)
 - The loss is denoising score matching, ‖r_θ(x + σz) − x‖², weighted by 1/c_out² (unit
   variance target at every level), σ drawn uniformly from the ladder.
 - The body is a residual MLP (8×8 digits flattened: cheaper and better here than 3×3
   convolutions) or residual 3×3 convolutions at full resolution; each block's features
-  are scaled and shifted by a function of log σ (FiLM; a plain added bias trained worse).
+  are scaled and shifted by a function of log σ (FiLM; a plain added bias fitted the
+  1-D mixture's score at σ ≈ 0.3 about half as well).
 - Sampling: few Langevin steps per level (T = 2) at a large step (ε/σ_L² = 0.5) on a fine
   ladder beat many steps on a coarse one; see docs/gan-study.md for the measurements.
 
@@ -45,8 +47,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -55,42 +58,12 @@ import tensorflow as tf
 from keras import ops
 
 from kexue.core.artifacts import atomic_path, save_npy_atomic, stable_json, write_json_atomic
-from kexue.core.errors import did_you_mean
 from kexue.core.seeding import SeedStream
+from kexue.gan.params import DSM_VARIANT, DsmParams
 from kexue.optim import build_optimizer
 
-DEFAULT_PARAMS: dict[str, Any] = {
-    "seed": 0,
-    "steps": 3000,             # rounded up to whole epochs of steps_per_epoch
-    "steps_per_epoch": 250,    # train steps per fit epoch = per checkpoint
-    "batch_size": 128,
-    "body": "mlp",             # mlp: images flattened to vectors | conv: 3×3 convolutions at full resolution
-    "width": 128,              # units (mlp) or channels (conv) of every block
-    "depth": 2,                # residual blocks
-    "levels": 24,              # L noise levels
-    "sigma_max": None,         # σ₁; None = the data's largest pairwise distance
-    "sigma_min": 0.02,         # σ_L
-    # kexue.optim.build_optimizer spec; the schedule's steps are absolute: change them with "steps"
-    "optimizer": {"name": "adam", "learning_rate": 2e-3, "schedule": {0: 1.0, 1500: 1.0, 3000: 0.05}},
-    "steps_per_level": 2,      # T Langevin steps per noise level
-    "epsilon": 2e-4,           # ε: the step at σ_L (α_i = ε σ_i² / σ_L²)
-    "denoise": True,           # final step x + σ_L² s(x, σ_L)
-    "eval_every": None,        # steps between evaluations; None = only at the end (sampling is the cost)
-    "eval_samples": 2000,      # generated images per evaluation (capped at the real set's size)
-    "grid": 10,                # sample grids are grid × grid images
-}
-BODIES = ("mlp", "conv")
-
 # Params that change what is trained: a checkpoint only resumes a run with the same values.
-_IDENTITY_KEYS = ("seed", "batch_size", "body", "width", "depth", "levels", "sigma_max", "sigma_min", "optimizer")
-
-
-def check_params(params: dict[str, Any], where: str = "dsm") -> dict[str, Any]:
-    """``params`` if every key is a ``DEFAULT_PARAMS`` key, else ValueError naming it (did you mean)."""
-    for key in params:
-        if key not in DEFAULT_PARAMS:
-            raise ValueError(f"{where}.{key}: unknown key" + did_you_mean(key, DEFAULT_PARAMS))
-    return params
+_IDENTITY_KEYS = ("batch_size", "body", "width", "depth", "levels", "sigma_max", "sigma_min", "optimizer")
 
 
 def sigma_ladder(x: np.ndarray, levels: int = 10, sigma_min: float = 0.01, sigma_max: float | None = None,
@@ -139,7 +112,8 @@ class ScoreModel(keras.Model):
             raise ValueError(f"sigmas must be at least 2 positive values, strictly decreasing; got {sigmas}")
         if width < 1 or depth < 1 or sigma_data <= 0:
             raise ValueError(f"need width >= 1, depth >= 1, sigma_data > 0; got {width}, {depth}, {sigma_data}")
-        self.sigmas, self.width, self.depth = sigmas, int(width), int(depth)
+        # a tuple: Keras would wrap a list attribute in a TrackedList, which does not unpickle
+        self.sigmas, self.width, self.depth = tuple(sigmas), int(width), int(depth)
         self.sigma_data, self.seed = float(sigma_data), int(seed)
 
         seeds = SeedStream((self.seed, 4))
@@ -290,23 +264,17 @@ def network_evaluations(levels: int, steps_per_level: int, denoise: bool) -> int
     return levels * steps_per_level + int(bool(denoise))
 
 
-def build_score_model(x: np.ndarray, params: dict[str, Any]) -> ScoreModel:
-    """The compiled model for data ``x`` and ``params`` (see ``DEFAULT_PARAMS``), built."""
-    p = {**DEFAULT_PARAMS, **params}
-    sigmas = sigma_ladder(x, p["levels"], p["sigma_min"], p["sigma_max"], seed=int(p["seed"]))
-    model = ScoreModel(x.shape[1:], sigmas, p["width"], p["depth"], sigma_data=float(np.std(x)), seed=int(p["seed"]))
+def build_score_model(x: np.ndarray, params: DsmParams, seed: int) -> ScoreModel:
+    """The compiled, built model for data ``x`` (N, ...) and ``params``; its weights depend on ``seed`` only."""
+    sigmas = sigma_ladder(x, params.levels, params.sigma_min, params.sigma_max, seed=seed)
+    model = ScoreModel(x.shape[1:], sigmas, params.width, params.depth, sigma_data=float(np.std(x)), seed=seed)
     model.build()
-    model.compile(optimizer=build_optimizer(p["optimizer"]), steps_per_execution=int(p["steps_per_epoch"]))
+    model.compile(optimizer=build_optimizer(params.optimizer), steps_per_execution=params.steps_per_epoch)
     model.optimizer.build(model.trainable_variables)
     return model
 
 
 # --------------------------------------------------------------------------- the run
-
-def _checkpoint(model: ScoreModel, state: tf.Variable) -> tf.train.Checkpoint:
-    # The SeedGenerator's state is not part of the model's checkpoint graph: name it.
-    return tf.train.Checkpoint(model=model, optimizer=model.optimizer, rng=model.seed_generator.state, state=state)
-
 
 def _batches(x: np.ndarray, batch: int, start: int, total: int, seed: int) -> tf.data.Dataset:
     """Batch of step s = rows drawn with replacement by a stateless RNG keyed on (seed, s).
@@ -324,126 +292,137 @@ def _batches(x: np.ndarray, batch: int, start: int, total: int, seed: int) -> tf
     return tf.data.Dataset.range(start, total).map(draw).prefetch(tf.data.AUTOTUNE)
 
 
-class _EpochEnd(keras.callbacks.Callback):
-    def __init__(self, fn: Callable[[dict[str, float]], None]):
-        super().__init__()
-        self.fn = fn
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.fn({k: float(v) for k, v in (logs or {}).items()})
+EvalFn = Callable[[np.ndarray, int, bool], dict[str, float]]  # (samples, step, full) -> metrics
+Progress = Callable[[int, int, dict[str, Any]], None]  # (steps done, total steps, info)
 
 
-def train_dsm(
-    images_path: str,
-    out_dir: str,
-    params: dict[str, Any],
-    checkpoint_dir: str,
-    progress: Callable[[int, int, dict[str, float]], None] | None = None,
-    eval_fn: Callable[[np.ndarray, int], dict[str, float]] | None = None,
-) -> dict[str, Any]:
-    """Train the score model on ``images_path`` (.npy, (N, ...)); resumable; same contract as ``train_gan``.
+def train_dsm(images_path: str, out_dir: str, params: DsmParams | Mapping[str, Any], seed: int,
+              checkpoint_dir: str, progress: Progress | None = None, eval_fn: EvalFn | None = None) -> dict[str, Any]:
+    """Train the score model on ``images_path`` (.npy, (N, H, W, C)) for ``seed``; the contract of ``train_gan``.
 
     Every ``steps_per_epoch`` steps the run checkpoints into ``checkpoint_dir``; calling
     again with the same params continues at the same step (a larger ``steps`` extends a
-    run; a change in ``_IDENTITY_KEYS`` is refused). ``eval_fn(samples, step)`` gets
-    ``eval_samples`` Langevin samples (fixed seed) every ``eval_every`` steps and at the end.
+    run; a change in ``_IDENTITY_KEYS`` is refused). ``eval_fn(samples, step, full)`` gets
+    ``eval_samples`` Langevin samples (fixed seed) every ``eval_every`` steps and, with
+    ``full``, at the end. ``progress(step, total, info)`` after each epoch, ``info`` as
+    ``train_gan``'s.
 
     Writes ``score_model.keras``, ``samples_final.npy``, ``grid_final.png`` and
-    ``history.json`` into ``out_dir``; returns ``{"files", "metrics"}`` with the history
-    rows ``kexue.gan.eval.metrics.compare_variants`` reads and the sampling cost
-    (network evaluations and seconds per 1,000 samples).
+    ``history.json`` into ``out_dir``; returns ``{"files", "metrics"}``: the history rows
+    the evaluation table reads and the sampling cost (Langevin settings, network
+    evaluations and seconds per 1,000 samples).
     """
     from kexue.gan.train import sample_grid_png
 
-    check_params(params)
-    p = {**DEFAULT_PARAMS, **params}
-    if p["body"] not in BODIES:
-        raise ValueError(f"dsm.body: unknown body {p['body']!r}" + did_you_mean(p["body"], BODIES))
+    p = params if isinstance(params, DsmParams) else DsmParams.model_validate(params)
     images = np.load(images_path).astype(np.float32)
-    x = images.reshape(len(images), -1) if p["body"] == "mlp" else images
-    spe, batch, seed = int(p["steps_per_epoch"]), int(p["batch_size"]), int(p["seed"])
-    epochs = math.ceil(int(p["steps"]) / spe)
-    total = epochs * spe
-    out, ckpt_dir = Path(out_dir), Path(checkpoint_dir)
+    x = images.reshape(len(images), -1) if p.body == "mlp" else images
+    epochs = math.ceil(p.steps / p.steps_per_epoch)
+    total = epochs * p.steps_per_epoch
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    identity = json.loads(json.dumps({k: p[k] for k in _IDENTITY_KEYS}))  # as the checkpoint will hold it
+    identity = {"seed": seed, **{k: v for k, v in p.model_dump(mode="json").items() if k in _IDENTITY_KEYS}}
 
-    model = build_score_model(x, p)
-    state_var = tf.Variable("", dtype=tf.string, trainable=False)
-    manager = tf.train.CheckpointManager(_checkpoint(model, state_var), str(ckpt_dir), max_to_keep=1)
-    state: dict[str, Any] = {"identity": identity, "step": 0, "epoch": 0, "seconds": 0.0, "eval_seconds": 0.0,
-                             "sampling": None, "losses": [], "eval": [], "evaluated_at": 0}
-    if manager.latest_checkpoint:
-        # The run state first: a checkpoint of another run is refused before any shape clash.
-        tf.train.Checkpoint(state=state_var).read(manager.latest_checkpoint).expect_partial()
-        state = json.loads(state_var.numpy().decode())
-        if stable_json(state["identity"]) != stable_json(identity):
-            raise ValueError(f"{ckpt_dir} is from a different run: {state['identity']} != {identity}")
-        manager.checkpoint.read(manager.latest_checkpoint).assert_existing_objects_matched()
-    resumed_from = state["step"]
-    n_eval = min(int(p["eval_samples"]), len(x))
-    langevin = {k: p[k] for k in ("steps_per_level", "epsilon", "denoise")}
+    model = build_score_model(x, p, seed)
+    ckpt = _DsmCheckpoint(checkpoint_dir, model)
+    state = ckpt.restore(identity) or {"identity": identity, "step": 0, "epoch": 0, "seconds": 0.0,
+                                       "eval_seconds": 0.0, "sampling": None, "losses": [], "eval": [],
+                                       "evaluated_at": 0}
+    resumed_from, n_eval = state["step"], min(p.eval_samples, len(x))
+    langevin = {"steps_per_level": p.steps_per_level, "epsilon": p.epsilon, "denoise": p.denoise}
+
+    def draw() -> np.ndarray:
+        samples = model.sample(n_eval, seed=seed + 1, **langevin).reshape((n_eval, *images.shape[1:]))
+        # Langevin is unbounded (a GAN's tanh is not): without the clip, a quarter of the
+        # pixels of digit samples fall outside [-1, 1], and FID counts them as content
+        return np.clip(samples, images.min(), images.max()) if p.clip else samples
 
     def evaluate(step: int) -> np.ndarray:
         t0 = time.perf_counter()
-        samples = model.sample(n_eval, seed=seed + 1, **langevin).reshape((n_eval, *images.shape[1:]))
-        sampling_seconds = time.perf_counter() - t0
+        samples = draw()
         # the Langevin settings travel with the cost, so the evaluation step can re-time the sampler
         state["sampling"] = {**langevin, "network_evaluations_per_sample": network_evaluations(
-            p["levels"], p["steps_per_level"], p["denoise"]), "seconds_per_1000": 1000 * sampling_seconds / n_eval}
+            p.levels, p.steps_per_level, p.denoise), "seconds_per_1000": 1000 * (time.perf_counter() - t0) / n_eval}
         if eval_fn is not None:
-            state["eval"].append({"step": step, **eval_fn(samples, step)})
+            state["eval"].append({**eval_fn(samples, step, step >= total), "step": step})
         state["eval_seconds"] += time.perf_counter() - t0
         state["evaluated_at"] = step
         return samples
 
-    clock = {"t0": time.perf_counter()}
+    clock = {"t0": time.perf_counter(), "started": state["seconds"]}
 
-    def end_epoch(logs: dict[str, float]) -> None:
+    def end_epoch(epoch: int, logs: dict[str, float]) -> None:
         step = int(model.step.numpy())
-        state["losses"].append({"epoch": state["epoch"] + 1, "step": step, **logs})
-        state.update(step=step, epoch=state["epoch"] + 1, seconds=state["seconds"] + time.perf_counter() - clock["t0"])
-        every = p["eval_every"]
-        if eval_fn is not None and every and step // every > state["evaluated_at"] // every and step < total:
+        state["losses"].append({"epoch": epoch, "step": step, **logs})
+        state.update(step=step, epoch=epoch, seconds=state["seconds"] + time.perf_counter() - clock["t0"])
+        if eval_fn is not None and p.eval_every and step // p.eval_every > state["evaluated_at"] // p.eval_every \
+                and step < total:
             evaluate(step)
-        state_var.assign(json.dumps(state))
-        manager.save()
+        ckpt.save(state)
         clock["t0"] = time.perf_counter()
         if progress is not None:
-            progress(step, total, logs)
+            rate = (step - resumed_from) / max(state["seconds"] - clock["started"], 1e-9)
+            progress(step, total, {"seeds": [seed], "steps_per_second": rate, "eta_seconds": (total - step) / rate,
+                                   "fid": state["eval"][-1]["fid"] if state["eval"] else None, **logs})
 
     if state["epoch"] < epochs:
-        data = _batches(x, batch, state["step"], total, seed)
-        model.fit(data, epochs=epochs, initial_epoch=state["epoch"], steps_per_epoch=spe,
-                  callbacks=[_EpochEnd(end_epoch)], shuffle=False, verbose=0)
-    if state["sampling"] is None or state["evaluated_at"] < state["step"]:
-        samples = evaluate(state["step"])
-    else:  # resumed after the final evaluation: the same seed gives the same samples
-        samples = model.sample(n_eval, seed=seed + 1, **langevin).reshape((n_eval, *images.shape[1:]))
-    state_var.assign(json.dumps(state))
-    manager.save()
+        callback = keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: end_epoch(epoch + 1, {k: float(v) for k, v in (logs or {}).items()}))
+        model.fit(_batches(x, p.batch_size, state["step"], total, seed), epochs=epochs, initial_epoch=state["epoch"],
+                  steps_per_epoch=p.steps_per_epoch, callbacks=[callback], shuffle=False, verbose=0)
+    # resumed after the final evaluation: the same seed draws the same samples
+    samples = evaluate(state["step"]) if state["sampling"] is None or state["evaluated_at"] < state["step"] else draw()
+    ckpt.save(state)
 
+    with atomic_path(out / "score_model.keras", suffix=".keras") as tmp:
+        model.save(tmp)
     files = {
-        "score_model": str(_save_model(model, out / "score_model.keras")),
+        "score_model": str(out / "score_model.keras"),
         "samples_final": str(save_npy_atomic(out / "samples_final.npy", samples)),
-        "grid_final": str(sample_grid_png(samples, out / "grid_final.png", p["grid"])),
+        "grid_final": str(sample_grid_png(samples, out / "grid_final.png", p.grid)),
     }
-    final = state["eval"][-1] if state["eval"] else None
     metrics = {
-        "variant": "dsm", "seed": seed, "step": state["step"], "epochs": state["epoch"], "steps_per_epoch": spe,
-        "resumed_from_step": resumed_from,
+        "variant": DSM_VARIANT, "seed": seed, "step": state["step"], "epochs": state["epoch"],
+        "steps_per_epoch": p.steps_per_epoch, "resumed_from_step": resumed_from,
         "seconds": state["seconds"], "eval_seconds": state["eval_seconds"],
         "steps_per_second": state["step"] / state["seconds"] if state["seconds"] > 0 else None,
-        "sigmas": model.sigmas, "sampling": state["sampling"],
+        "sigmas": list(model.sigmas), "sampling": state["sampling"],
         "final_losses": state["losses"][-1] if state["losses"] else None, "losses": state["losses"],
-        "eval": state["eval"], "final_eval": final,
+        "eval": state["eval"], "final_eval": state["eval"][-1] if state["eval"] else None,
         "best_eval": min(state["eval"], key=lambda r: r["fid"]) if state["eval"] else None,
     }
     files["history"] = str(write_json_atomic(out / "history.json", metrics))
     return {"files": files, "metrics": metrics}
 
 
-def _save_model(model: keras.Model, path: Path) -> Path:
-    with atomic_path(path, suffix=".keras") as tmp:
-        model.save(tmp)
-    return path
+class _DsmCheckpoint:
+    """The newest ``tf.train.Checkpoint`` of a run: model, optimizer, step, noise-RNG state, run state.
+
+    The SeedGenerator's state is not part of the model's checkpoint graph, so it is named
+    here; the run state (JSON: identity, histories) is a string variable saved with the rest.
+    """
+
+    def __init__(self, directory: str, model: ScoreModel):
+        self.state = tf.Variable("", dtype=tf.string, trainable=False)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, rng=model.seed_generator.state,
+                                         state=self.state)
+        self.manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=1)
+
+    def restore(self, identity: dict[str, Any]) -> dict[str, Any] | None:
+        """The saved run state after restoring every variable, or None without a checkpoint.
+
+        The run state is read first: a checkpoint of another run is refused before any shape clash.
+        """
+        path = self.manager.latest_checkpoint
+        if not path:
+            return None
+        tf.train.Checkpoint(state=self.state).read(path).expect_partial()
+        state = json.loads(self.state.numpy().decode())
+        if stable_json(state["identity"]) != stable_json(identity):
+            raise ValueError(f"{path} is from a different run: {state['identity']} != {identity}")
+        self.manager.checkpoint.read(path).assert_existing_objects_matched()
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.state.assign(json.dumps(state))
+        self.manager.save()

@@ -30,19 +30,27 @@ def halvings(height: int, width: int) -> int:
     return k
 
 
-def make_generator(image_shape: tuple[int, int, int], latent_dim: int = 32, width: int = 16, seed: int = 0) -> keras.Model:
+def make_generator(image_shape: tuple[int, int, int], latent_dim: int = 32, width: int = 16, seed: int = 0,
+                   n_classes: int | None = None) -> keras.Model:
     """z → Dense to (H/2^k, W/2^k, width·2^k) → k × (ConvT stride 2, BN, ReLU) → Conv 3×3 tanh.
 
     k stride-2 stages so the first feature map is 4×4 for 8/16/32-pixel images (7×7 for 28).
-    The initial weights depend on ``seed`` only (``kexue.core.seeding``).
+    With ``n_classes`` the inputs are [z, y] and a learned embedding of the label y is
+    concatenated to z. The initial weights depend on ``seed`` only (``kexue.core.seeding``).
     """
     seeds, name = SeedStream((seed, 1)), f"s{seed}_"
     h, w, c = image_shape
     k = halvings(h, w)
     z = keras.Input((latent_dim,), name=f"{name}z")
+    inputs, code = z, z
+    if n_classes:  # the label's embedding has its own seed stream: unconditional weights stay as they were
+        y = keras.Input((), dtype="int32", name=f"{name}label")
+        e_y = keras.layers.Embedding(n_classes, latent_dim, embeddings_initializer=SeedStream((seed, 5)).glorot_uniform(),
+                                     name=f"{name}label_embedding")(y)
+        inputs, code = [z, y], keras.layers.Concatenate(name=f"{name}code")([z, e_y])
     channels = width * 2 ** (k - 1)
     x = keras.layers.Dense((h >> k) * (w >> k) * 2 * channels, use_bias=False,
-                           kernel_initializer=seeds.glorot_uniform(), name=f"{name}project")(z)
+                           kernel_initializer=seeds.glorot_uniform(), name=f"{name}project")(code)
     x = keras.layers.BatchNormalization(name=f"{name}project_bn")(x)
     x = keras.layers.ReLU(name=f"{name}project_relu")(x)
     x = keras.layers.Reshape((h >> k, w >> k, 2 * channels), name=f"{name}project_map")(x)
@@ -54,16 +62,19 @@ def make_generator(image_shape: tuple[int, int, int], latent_dim: int = 32, widt
         channels = max(channels // 2, width)
     x = keras.layers.Conv2D(c, 3, padding="same", activation="tanh", kernel_initializer=seeds.glorot_uniform(),
                             name=f"{name}image")(x)
-    return keras.Model(z, x, name=f"{name}generator")
+    return keras.Model(inputs, x, name=f"{name}generator")
 
 
 def make_discriminator(
-    image_shape: tuple[int, int, int], cascades: int = 1, width: int = 16, spectral_norm: bool = False, seed: int = 0
+    image_shape: tuple[int, int, int], cascades: int = 1, width: int = 16, spectral_norm: bool = False, seed: int = 0,
+    n_classes: int | None = None,
 ) -> keras.Model:
     """x → k × (Conv stride 2, LeakyReLU) → Conv 3×3 → flatten = v → CascadingRejection(N).
 
     ``spectral_norm`` wraps every convolution in ``keras.layers.SpectralNormalization``;
     the cascade head stays plain (its rejection is invariant to the scale of each w_k).
+    With ``n_classes`` the inputs are [x, y] and the head is the projection form of
+    Cascading Rejection (class-dependent directions, ``kexue.gan.cascading``).
     The initial weights depend on ``seed`` only (``kexue.core.seeding``).
     """
     seeds, name = SeedStream((seed, 2)), f"s{seed}_"
@@ -84,7 +95,13 @@ def make_discriminator(
     x = conv(filters, 3, 1, "features")(x)
     x = keras.layers.LeakyReLU(0.2, name=f"{name}features_lrelu")(x)
     v = keras.layers.Flatten(name=f"{name}v")(x)
-    scores = CascadingRejection(cascades, kernel_initializer=seeds.glorot_uniform(), name=f"{name}cascading_rejection")(v)
-    model = keras.Model(x_in, scores, name=f"{name}discriminator")
+    head = CascadingRejection(cascades, kernel_initializer=seeds.glorot_uniform(), n_classes=n_classes,
+                              embeddings_initializer=SeedStream((seed, 6)).glorot_uniform(),
+                              name=f"{name}cascading_rejection")
+    if n_classes:
+        y = keras.Input((), dtype="int32", name=f"{name}label")
+        model = keras.Model([x_in, y], head([v, y]), name=f"{name}discriminator")
+    else:
+        model = keras.Model(x_in, head(v), name=f"{name}discriminator")
     seeds.seed_spectral_norms(model)
     return model

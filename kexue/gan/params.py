@@ -8,12 +8,15 @@ objects travel typed into the tasks and into ``kexue.gan.train.train_gan``.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_serializer, field_validator
 
 from kexue.core.errors import did_you_mean
 from kexue.optim.spec import OptimizerSpec
 
 LOSSES = ("hinge", "non_saturating")
+DSM_VARIANT = "dsm"  # the evaluation table's name for the score model's runs
 
 _GAN_ADAM = {"name": "adam", "learning_rate": 2e-4, "beta_1": 0.5}  # DCGAN's (Radford et al. 2016)
 
@@ -42,6 +45,10 @@ class GanRunParams(BaseModel):
     batch_size: int = Field(64, ge=1)
     latent_dim: int = Field(32, ge=1)
     width: int = Field(16, ge=1)  # channels of the widest generator / narrowest discriminator conv
+    d_width: int | None = Field(None, ge=1)  # the discriminator's, when it differs from the generator's
+    # Class-conditional on the images' labels: G(z, y), and a projection discriminator whose
+    # cascade directions depend on y (kexue.gan.cascading)
+    conditional: bool = False
     spectral_norm: bool = False
     d_optimizer: OptimizerSpec = Field(default_factory=lambda: OptimizerSpec(**_GAN_ADAM))
     g_optimizer: OptimizerSpec = Field(default_factory=lambda: OptimizerSpec(**_GAN_ADAM))
@@ -93,6 +100,31 @@ class GanRunParams(BaseModel):
         return GanRunParams.model_validate(merged)
 
 
+class DsmParams(BaseModel):
+    """The denoising-score-matching generator (``kexue.gan.dsm``), trained once per seed as variant ``dsm``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    steps: int = Field(3000, ge=1)  # rounded up to whole epochs of steps_per_epoch
+    steps_per_epoch: int = Field(250, ge=1)  # train steps per fit epoch = per checkpoint
+    batch_size: int = Field(128, ge=1)
+    body: Literal["mlp", "conv"] = "mlp"  # mlp: images flattened to vectors | conv: 3×3 convolutions
+    width: int = Field(128, ge=1)  # units (mlp) or channels (conv) of every block
+    depth: int = Field(2, ge=1)  # residual blocks
+    levels: int = Field(24, ge=2)  # L noise levels
+    sigma_max: float | None = Field(None, gt=0)  # σ₁; None = the data's largest pairwise distance
+    sigma_min: float = Field(0.02, gt=0)  # σ_L
+    # the schedule's steps are absolute: change them with "steps"
+    optimizer: OptimizerSpec = Field(default_factory=lambda: OptimizerSpec(
+        name="adam", learning_rate=2e-3, schedule={0: 1.0, 1500: 1.0, 3000: 0.05}))
+    steps_per_level: int = Field(2, ge=1)  # T Langevin steps per noise level
+    epsilon: float = Field(2e-4, gt=0)  # ε, the step at σ_L: α_i = ε σ_i² / σ_L²
+    denoise: bool = True  # final step x + σ_L² s(x, σ_L)
+    clip: bool = True  # clip samples to the training data's range, as image samplers do
+    eval_every: int | None = Field(None, ge=1)  # steps between evaluations; None = only at the end
+    eval_samples: int = Field(2000, ge=2)  # generated images per evaluation (capped at the real set's size)
+    grid: int = Field(10, ge=1)  # sample grids are grid × grid images
+
+
 def _default_variants() -> dict[str, GanRunParams]:
     return {f"cr{n}": GanRunParams(cascades=n) for n in (1, 2, 4)}
 
@@ -105,6 +137,7 @@ class GanTrainParams(BaseModel):
     variants: dict[str, GanRunParams] = Field(default_factory=_default_variants, min_length=1, validate_default=True)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
     feature_net: FeatureNetParams = Field(default_factory=FeatureNetParams)
+    dsm: DsmParams | None = None  # also train the score model as variant "dsm" (one task per seed)
 
     @field_validator("seeds")
     @classmethod
@@ -112,6 +145,13 @@ class GanTrainParams(BaseModel):
         if len(set(v)) != len(v):
             raise ValueError(f"seeds must be distinct, got {v}")
         return v
+
+    @field_validator("variants")
+    @classmethod
+    def _dsm_name_is_free(cls, variants: dict[str, GanRunParams]) -> dict[str, GanRunParams]:
+        if DSM_VARIANT in variants:
+            raise ValueError(f"{DSM_VARIANT!r} names the score model (the dsm key); give this GAN variant another name")
+        return variants
 
     @field_validator("variants")
     @classmethod
@@ -135,4 +175,6 @@ class GanTrainParams(BaseModel):
 class GanEvalParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     baseline: str = "cr1"  # the variant every other is tested against (Welch's t-test)
+    # variant → its own baseline, for studies that compare within groups (e.g. each width's N = 4 vs N = 1)
+    baselines: dict[str, str] = Field(default_factory=dict)
     alpha: float = Field(0.05, gt=0, lt=1)

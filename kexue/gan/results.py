@@ -14,7 +14,7 @@ from typing import Any
 
 # what the stage keeps of each run (the run folders hold the rest: TensorBoard events, a
 # grid per evaluation); the grids only for the first seed of a variant
-RUN_FILES = ("history", "samples_final", "generator", "generator_best")
+RUN_FILES = ("history", "samples_final", "generator", "generator_best", "score_model")  # score_model: dsm
 GRID_FILES = ("grid_final", "grid_best")
 
 
@@ -77,3 +77,19 @@ def run_records(files: Mapping[str, str | Path]) -> tuple[list[dict[str, Any]], 
         records.append({"variant": variant, "seed": seed, "history": history["eval"]})
         samples.setdefault(variant, str(files[run_key(variant, seed, "samples_final")]))
     return records, samples
+
+
+def first_run_files(files: Mapping[str, str | Path]) -> dict[str, dict[str, str]]:
+    """Variant → ``{name: path}`` of its first seed's run files (what its sampler is built from)."""
+    first: dict[str, int] = {}
+    for key in files:
+        if key.count("/") == 2:
+            variant, seed, _ = parse_run_key(key)
+            first[variant] = min(seed, first.get(variant, seed))
+    runs: dict[str, dict[str, str]] = {variant: {} for variant in first}
+    for key in files:
+        if key.count("/") == 2:
+            variant, seed, name = parse_run_key(key)
+            if seed == first[variant]:
+                runs[variant][name] = str(files[key])
+    return runs

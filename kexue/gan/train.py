@@ -31,7 +31,8 @@ EvalFn = Callable[[np.ndarray, int, bool], dict[str, float]]  # (samples, step, 
 Progress = Callable[[int, int, dict[str, Any]], None]  # (steps done, total steps, info)
 
 # Params that change what is trained: a checkpoint only resumes a run with the same values.
-_IDENTITY_KEYS = ("cascades", "cascade_weights", "loss", "batch_size", "latent_dim", "width", "spectral_norm",
+_IDENTITY_KEYS = ("cascades", "cascade_weights", "loss", "batch_size", "latent_dim", "width", "d_width", "conditional",
+                  "spectral_norm",
                   "d_optimizer", "g_optimizer")
 
 
@@ -68,7 +69,8 @@ class _Run:
     """One model's run: the GAN, every member's histories, where things are written."""
 
     def __init__(self, gan: CascadeGAN, p: GanRunParams, out: Path, ckpt: GanCheckpoint,
-                 total_steps: int, eval_samples: int, eval_fn: EvalFn | None, progress: Progress | None):
+                 total_steps: int, eval_samples: int, eval_fn: EvalFn | None, progress: Progress | None,
+                 labels: np.ndarray | None = None):
         self.gan, self.p, self.out, self.ckpt = gan, p, out, ckpt
         self.total_steps, self.eval_fn, self.progress = total_steps, eval_fn, progress
         self.seeds = gan.seeds
@@ -86,6 +88,9 @@ class _Run:
         self.resumed_from = self.state["step"]
         self.z_eval = np.stack([np.random.default_rng([s, 1]).standard_normal((eval_samples, p.latent_dim))
                                 for s in self.seeds]).astype(np.float32)  # (M, n, latent)
+        # conditional: the real labels in a seeded order, so the samples have the real class mix
+        self.y_eval = None if labels is None else np.stack(
+            [np.random.default_rng([s, 2]).permutation(labels)[:eval_samples] for s in self.seeds]).astype(np.int32)
         self.writers = {s: tf.summary.create_file_writer(str(out / f"s{s}" / "tensorboard")) for s in self.seeds}
         self.t0 = time.perf_counter()
 
@@ -93,7 +98,7 @@ class _Run:
         return self.state["members"][str(seed)]
 
     def evaluate(self, step: int) -> None:
-        samples = self.gan.generate(self.z_eval)
+        samples = self.gan.generate(self.z_eval, self.y_eval)
         full = step >= self.total_steps  # KID and precision/recall only at the end
         for m, seed in enumerate(self.seeds):
             row = {**self.eval_fn(samples[m], step, full), "step": step}
@@ -143,15 +148,19 @@ class _Run:
                 "eta_seconds": (self.total_steps - self.state["step"]) / rate if rate else None,
                 "fid": float(np.mean(latest)) if latest else None}
 
-    def train(self, x: np.ndarray, epochs: int, steps_per_epoch: int) -> None:
+    def train(self, x: np.ndarray, epochs: int, steps_per_epoch: int, labels: np.ndarray | None = None) -> None:
         self.started_seconds, self.first_epoch = self.state["seconds"], self.state["epoch"] + 1
         if self.state["epoch"] >= epochs:
             return
         # (steps, batch, M): each member's own batches
         order = np.stack([batch_order(len(x), self.p.batch_size, self.total_steps, s) for s in self.seeds], axis=2)
         images = tf.constant(x)
-        data = (tf.data.Dataset.from_tensor_slices(order[self.state["step"]:])
-                .map(lambda idx: tf.gather(images, idx)).prefetch(tf.data.AUTOTUNE))
+        y = None if labels is None else tf.constant(labels.astype(np.int32))
+
+        def batch(idx):
+            return tf.gather(images, idx) if y is None else (tf.gather(images, idx), tf.gather(y, idx))
+
+        data = tf.data.Dataset.from_tensor_slices(order[self.state["step"]:]).map(batch).prefetch(tf.data.AUTOTUNE)
         callback = keras.callbacks.LambdaCallback(
             on_epoch_end=lambda epoch, logs: self.end_epoch(epoch + 1, {k: float(v) for k, v in (logs or {}).items()}))
         self.gan.fit(data, epochs=epochs, initial_epoch=self.state["epoch"], steps_per_epoch=steps_per_epoch,
@@ -169,7 +178,8 @@ class _Run:
             for tag in tags:
                 if tag == "best":  # the snapshot with the lowest FID, kept in the checkpoint
                     set_generator_weights(generator, self.best[seed])
-                samples = np.asarray(generator(self.z_eval[m], training=False), np.float32)
+                inputs = self.gan.member_inputs(self.z_eval[m], None if self.y_eval is None else self.y_eval[m])
+                samples = np.asarray(generator(inputs, training=False), np.float32)
                 suffix = "" if tag == "final" else "_best"
                 files[f"generator{suffix}"] = str(_save_model(generator, out / f"generator{suffix}.keras"))
                 files[f"samples_{tag}"] = str(save_npy_atomic(out / f"samples_{tag}.npy", samples))
@@ -206,6 +216,7 @@ def train_gan(
     checkpoint_dir: str,
     progress: Progress | None = None,
     eval_fn: EvalFn | None = None,
+    labels_path: str | None = None,
 ) -> dict[int, dict[str, Any]]:
     """Train one GAN variant for every seed on ``images_path`` (.npy, (N, H, W, C) in [-1, 1]).
 
@@ -223,6 +234,10 @@ def train_gan(
     also ``generator_best.keras``, ``samples_best.npy``, ``grid_best.png`` and
     ``grid_stepNNNNNN.png`` per evaluation. Returns ``{seed: {"files": {name: path}, "metrics": ...}}``.
 
+    ``conditional`` params need ``labels_path`` (.npy of integer labels, one per image): real
+    batches carry their labels, fakes are drawn for the same labels, and evaluation samples
+    follow the real class mix.
+
     To distribute, call it inside ``strategy.scope()``: the GAN is built in the caller's
     strategy and ``fit`` distributes the batches. TensorFlow's thread counts are the caller's.
     """
@@ -233,6 +248,7 @@ def train_gan(
     x = np.load(images_path).astype(np.float32)
     if x.ndim != 4:
         raise ValueError(f"{images_path}: expected (N, H, W, C) images, got shape {x.shape}")
+    labels = _labels(labels_path, len(x)) if p.conditional else None
     steps_per_epoch = len(x) // p.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{len(x)} images are fewer than one batch of {p.batch_size}")
@@ -242,13 +258,24 @@ def train_gan(
     groups = [list(seeds)] if p.vectorize_seeds else [[s] for s in seeds]
     results: dict[int, dict[str, Any]] = {}
     for i, group in enumerate(groups):
-        gan = build_gan(tuple(x.shape[1:]), p, group, steps_per_execution=steps_per_epoch)
+        gan = build_gan(tuple(x.shape[1:]), p, group, steps_per_execution=steps_per_epoch,
+                        n_classes=None if labels is None else int(labels.max()) + 1)
         ckpt = GanCheckpoint(Path(checkpoint_dir) / ("seeds-" + "-".join(map(str, group))), gan)
         report = None if progress is None else _offset_progress(progress, i * total_steps, len(groups) * total_steps)
-        run = _Run(gan, p, out, ckpt, total_steps, min(p.eval_samples, len(x)), eval_fn, report)
-        run.train(x, epochs, steps_per_epoch)
+        run = _Run(gan, p, out, ckpt, total_steps, min(p.eval_samples, len(x)), eval_fn, report, labels)
+        run.train(x, epochs, steps_per_epoch, labels)
         results.update(run.finish(steps_per_epoch))
     return results
+
+
+def _labels(path: str | None, n: int) -> np.ndarray:
+    """Integer class labels 0..C-1 for n images, or ValueError saying what is missing."""
+    if path is None:
+        raise ValueError("conditional: true needs the images' labels; this image source has none")
+    labels = np.load(path)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+        raise ValueError(f"{path}: expected {n} non-negative integer labels, got {labels.dtype} {labels.shape}")
+    return labels
 
 
 def _offset_progress(progress: Progress, done_before: int, total: int) -> Progress:

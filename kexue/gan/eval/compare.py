@@ -62,15 +62,21 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def summarise(rows: Sequence[Mapping[str, Any]], baseline: str, alpha: float = 0.05) -> dict[str, Any]:
-    """Per-variant mean ± std (ddof 1) and Welch's t-test of FID (final and best) vs the baseline.
+def summarise(rows: Sequence[Mapping[str, Any]], baseline: str, alpha: float = 0.05,
+              baselines: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Per-variant mean ± std (ddof 1) and Welch's t-test of FID (final and best) vs a baseline.
 
-    The verdict per variant and FID kind is "lower" / "higher" when p < ``alpha``
-    (lower FID is better), else "no significant difference".
+    Every variant is tested against ``baselines.get(variant, baseline)`` (a study compares
+    within groups, e.g. each discriminator width's N = 4 against its own N = 1). The
+    verdict per variant and FID kind is "lower" / "higher" when p < ``alpha`` (lower FID
+    is better), else "no significant difference".
     """
     frame = pd.DataFrame(list(rows))
-    if baseline not in set(frame["variant"]):
-        raise ValueError(f"baseline variant {baseline!r} has no runs")
+    baselines = dict(baselines or {})
+    present = set(frame["variant"])
+    for name in {baseline, *baselines.values()}:
+        if name not in present:
+            raise ValueError(f"baseline variant {name!r} has no runs")
     variants = list(dict.fromkeys(frame["variant"]))  # first-seen order
     per_variant: dict[str, Any] = {}
     for variant in variants:
@@ -83,12 +89,12 @@ def summarise(rows: Sequence[Mapping[str, Any]], baseline: str, alpha: float = 0
                 "std": _finite_or_none(values.std(ddof=1)) if len(values) > 1 else None,
             }
         per_variant[variant] = stats
-    base = frame[frame["variant"] == baseline]
     tests: dict[str, Any] = {}
     for variant in variants:
-        if variant == baseline:
+        against = baselines.get(variant, baseline)
+        if variant == against:
             continue
-        sub = frame[frame["variant"] == variant]
+        sub, base = frame[frame["variant"] == variant], frame[frame["variant"] == against]
         tests[variant] = {}
         for col in TESTED_COLUMNS:
             test = welch_test(sub[col].tolist(), base[col].tolist())
@@ -97,12 +103,15 @@ def summarise(rows: Sequence[Mapping[str, Any]], baseline: str, alpha: float = 0
                 verdict = "no significant difference"
             else:
                 verdict = "lower" if diff < 0 else "higher"
-            tests[variant][col] = {**test, "mean_diff": diff, "verdict": verdict}
-    return {"baseline": baseline, "alpha": alpha, "per_variant": per_variant, "welch_vs_baseline": tests}
+            tests[variant][col] = {**test, "baseline": against, "mean_diff": diff, "verdict": verdict}
+    return {"baseline": baseline, "baselines": baselines, "alpha": alpha, "per_variant": per_variant,
+            "welch_vs_baseline": tests}
 
 
-def markdown_tables(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> str:
-    """The per-run table and the per-variant mean ± std table with Welch p-values and verdicts, as Markdown."""
+def markdown_tables(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any],
+                    sampling_cost: Sequence[Mapping[str, Any]] | None = None) -> str:
+    """The per-run table, the per-variant mean ± std table with Welch p-values and verdicts,
+    and the sampling cost per variant if given, as Markdown."""
     run_header = ["variant", "seed", "final_step", *RUN_COLUMNS]
     lines = ["| " + " | ".join(run_header) + " |", "|" + "---|" * len(run_header)]
     for row in rows:
@@ -114,11 +123,19 @@ def markdown_tables(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any
         cells = [variant, str(stats["n"])]
         cells += [_fmt_mean_std(stats[c]) for c in SUMMARY_COLUMNS]
         for col in TESTED_COLUMNS:
-            if variant == summary["baseline"]:
+            if variant not in tests:
                 cells.append("baseline")
             else:
-                cells.append(f"{_fmt(tests[variant][col]['p'])} ({tests[variant][col]['verdict']})")
+                test = tests[variant][col]
+                against = "" if test["baseline"] == summary["baseline"] else f" vs {test['baseline']}"
+                cells.append(f"{_fmt(test['p'])} ({test['verdict']}{against})")
         lines.append("| " + " | ".join(cells) + " |")
+    if sampling_cost:
+        cost_header = ["variant", "network evaluations / image", "seconds / 1,000 images", "× fastest"]
+        lines += ["", "| " + " | ".join(cost_header) + " |", "|" + "---|" * len(cost_header)]
+        for row in sampling_cost:
+            lines.append(f"| {row['variant']} | {row['network_evaluations_per_image']} | "
+                         f"{row['seconds_per_1000']:.3g} | {row['relative']:.3g} |")
     return "\n".join(lines) + "\n"
 
 
@@ -142,12 +159,16 @@ def compare_variants(
     baseline: str = "cr1",
     samples: Mapping[str, np.ndarray] | None = None,
     alpha: float = 0.05,
+    baselines: Mapping[str, str] | None = None,
+    sampling_cost: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The evaluation step's report: table, mean ± std, Welch's t-tests, PNG plots.
 
     ``records``: one per (variant, seed) run, ``{"variant": str, "seed": int, "history":
     [eval_fn rows: {"step", "fid", "kid", "kid_std", "inception_score", "precision",
     "recall"}]}``. ``samples``: optional variant → generated images for the side-by-side grid.
+    ``baselines``: variant → the variant it is tested against, where not ``baseline``.
+    ``sampling_cost``: rows of ``kexue.gan.eval.cost.sampling_cost``, added to the report.
 
     Writes into ``out_dir``: ``fid_over_training.png``, ``samples.png`` (if samples),
     ``evaluation.md``. Returns ``{"files": {name: path}, "metrics": {"rows": [...],
@@ -158,8 +179,8 @@ def compare_variants(
     out_dir = Path(out_dir)
     order = {v: i for i, v in enumerate(dict.fromkeys([baseline, *(str(r["variant"]) for r in records)]))}
     rows = sorted((run_row(r) for r in records), key=lambda r: (order[r["variant"]], r["seed"]))
-    summary = summarise(rows, baseline, alpha)
-    table_md = markdown_tables(rows, summary)
+    summary = summarise(rows, baseline, alpha, baselines)
+    table_md = markdown_tables(rows, summary, sampling_cost)
     files = {
         "fid_over_training": plot_fid_curves(records, out_dir / "fid_over_training.png"),
         "evaluation_md": write_text_atomic(out_dir / "evaluation.md", table_md),
@@ -169,6 +190,7 @@ def compare_variants(
     metrics = {
         "rows": rows,
         **summary,
+        "sampling_cost": list(sampling_cost or []),
         "table_markdown": table_md,
         "table_html": pd.DataFrame(rows).to_html(index=False, float_format=lambda v: f"{v:.4g}"),
     }
