@@ -113,8 +113,8 @@ def stages(config: str, profile: str, overrides: list[str], selected: list[str],
         def run_stage(name: str):
             spec = cfg.pipeline.stages[name]
             inputs = {role: outcomes[up].manifest for role, up in spec.inputs.items()}
+            RUNNING.add(name)  # before the line: an interrupt right after it must name this stage
             board.line(f"start   {name}")
-            RUNNING.add(name)
             sctx = dataclasses.replace(base, annotations=annotations(cfg, order, name))
             outcomes[name] = RUNNERS[spec.task](sctx, cfg.params[name], inputs)
             return outcomes[name]
