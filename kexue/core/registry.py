@@ -5,41 +5,24 @@ parameter — before anything starts, by the CLI, the flow and the tests alike.
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
-from kexue.core.config import Config, ConfigError, ParamValidator, did_you_mean, load_config, validator_for
+from kexue.core.config import Config, ConfigError, ParamValidator, load_config, validator_for
 from kexue.graph.communities import CommunityParams
 from kexue.graph.cooccurrence import GraphParams
 from kexue.text.count import CountParams
 from kexue.gan.params import GanEvalParams, GanTrainParams, ImagesParams
 from kexue.text.ingest import IngestParams
-from kexue.embed.params import JoseConfig
+from kexue.embed.params import JoseParams
 from kexue.text.sources import SourceSpec
 from kexue.text.tokenize import TokenizeParams
-
-JOSE_FIELDS = [f.name for f in dataclasses.fields(JoseConfig)]
-
-
-def validate_jose(params: dict[str, Any]) -> dict[str, Any]:
-    """JoseConfig fields plus the stage's own ``warm_start`` switch, defaults filled in."""
-    params = dict(params)
-    warm_start = params.pop("warm_start", False)
-    if not isinstance(warm_start, bool):
-        raise ValueError(f"warm_start: expected true or false, got {warm_start!r}")
-    unknown = [k for k in params if k not in JOSE_FIELDS]
-    if unknown:
-        raise ValueError(f"{unknown[0]}: unknown key" + did_you_mean(unknown[0], [*JOSE_FIELDS, "warm_start"]))
-    config = dataclasses.asdict(JoseConfig.from_params(params))
-    return {**config, "probe_words": list(config["probe_words"]), "warm_start": warm_start}
-
 
 VALIDATORS: dict[str, ParamValidator] = {
     "ingest": validator_for(IngestParams),
     "tokenize": validator_for(TokenizeParams),
     "count": validator_for(CountParams),
-    "jose": validate_jose,
+    "jose": validator_for(JoseParams),
     "graph": validator_for(GraphParams),
     "images": validator_for(ImagesParams),
     "gan_train": validator_for(GanTrainParams),
