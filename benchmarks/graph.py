@@ -32,7 +32,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from kexue.graph.communities import community_params, detect_communities, lfr_nmi
+from kexue.graph.communities import community_params, detect_communities
+from lfr import lfr_nmi
 from kexue.graph.cooccurrence import build_graph, graph_params, partition_cooccurrence, select_vocabulary, sum_counts
 from kexue.text.corpora import peoples_daily
 from kexue.text.count import count_partition, merge_partials, vocabulary

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -23,13 +24,39 @@ console = Console(stderr=True, soft_wrap=True)
 
 
 def _load(config: str, profile: str, overrides: list[str]):
-    from kexue.core.registry import load
+    from flows.registry import load
 
     try:
         return load(config, profile, overrides)
     except ConfigError as e:
         console.print(f"[red]config error[/red]\n{e}")
         raise typer.Exit(2)
+
+
+def stop_on_signals() -> None:
+    """SIGINT / SIGTERM end a run at once: one line, every child process stopped, exit 130 / 143.
+
+    Why not let the flow unwind: a training task runs inside a Dask worker, in TensorFlow's
+    C++ loop, and would finish its step, epoch or stage first; Prefect and Dask each print
+    a traceback on the way down, and the embedded API and the cluster's processes outlive
+    the interrupted flow. Nothing is lost by stopping hard: every artifact and checkpoint
+    is written atomically (a temporary file renamed into place), finished tasks are in the
+    cache, and the next ``kexue run`` resumes from the last checkpoint.
+    """
+
+    def stop(signum: int, frame) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        running = sorted(sys.modules["flows.pipeline"].RUNNING) if "flows.pipeline" in sys.modules else []
+        where = f"during {', '.join(running)}" if running else "before any stage started"
+        console.print(f"[yellow]interrupted {where}[/yellow]; re-run to resume")
+        from flows.runtime import stop_children
+
+        stop_children()
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
 
 
 @app.command()
@@ -48,6 +75,7 @@ def run(
     from flows.pipeline import new_run_id, pipeline
 
     run_id = new_run_id()
+    stop_on_signals()
     console.print(f"kexue run [bold]{run_id}[/bold]  profile={cfg.profile_name}  artifacts={cfg.data_dir}")
     wanted = [s.strip() for s in stages.split(",")] if stages else None
     api = cfg.profile.prefect
@@ -80,7 +108,7 @@ def check(
     cfg = _load(config, profile, list(set_ or []))
     from kexue.core.dag import check_dag
 
-    order = check_dag({n: s.inputs for n, s in cfg.pipeline.stages.items()}, cfg.pipeline_path)
+    order = check_dag({n: s.upstream for n, s in cfg.pipeline.stages.items()}, cfg.pipeline_path)
     console.print(f"[green]ok[/green]: {len(order)} stages in order: {', '.join(order)}")
 
 

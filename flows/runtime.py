@@ -22,6 +22,10 @@ def prefect_environment(data_dir: Path, logging_level: str = "WARNING") -> dict[
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(data_dir / "prefect" / "results"),
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
         "PREFECT_LOGGING_LEVEL": logging_level,
+        # progress lines (INFO) reach the API and so the UI; the console shows warnings only
+        "PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL": "INFO",
+        "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": "INFO",
+        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": logging_level,
         "PREFECT_LOGGING_EXTRA_LOGGERS": "kexue",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
@@ -116,3 +120,19 @@ def result_storage(path: Path) -> str:
     name = "kexue-results-" + sha256_text(str(path.resolve()))[:16]
     LocalFileSystem(basepath=str(path.resolve())).save(name, overwrite=True)
     return f"local-file-system/{name}"
+
+
+def stop_children(grace: float = 3.0) -> None:
+    """Terminate every process this one started (Dask nannies and workers, the embedded
+    API), then kill what is still alive after ``grace`` seconds."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=grace)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    psutil.wait_procs(alive, timeout=grace)

@@ -1,22 +1,30 @@
-"""Stage runners: how each ``task:`` of pipeline.yaml is submitted to the cluster.
+"""Stage runners: how each kind of stage (``task:`` in pipeline.yaml) is submitted to the cluster.
 
-A runner takes the validated params and the upstream stages' manifests, submits Prefect
-tasks (``.submit``/``.map`` — only those reach Dask), waits with a progress bar, and
-returns the stage's manifest and whether every task came from the cache.
+A runner takes the stage's validated parameters model and its inputs' manifests by role
+(``{"tokens": ..., "vocabulary": ...}``, wired by the names in pipeline.yaml), submits
+Prefect tasks (``.submit``/``.map`` — only those reach Dask), waits with a progress bar,
+and returns the stage's manifest and whether every task came from the cache. Which kind
+has which runner is the registry's (``flows.registry``), checked when this module loads.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import dask
 from prefect import unmapped
 from prefect.futures import PrefectFuture, as_completed
 
+from flows import registry
 from kexue.core.artifacts import Manifest
+from kexue.embed.params import JoseParams
 from kexue.gan.data import image_source_fingerprint
-from kexue.text.tokenize import prf
+from kexue.gan.params import GanEvalParams, GanTrainParams, ImagesParams
+from kexue.graph.params import CommunityParams, GraphParams
+from kexue.text.params import CountParams, IngestParams, TokenizeParams
+from kexue.text.tokenize import summarize_partitions
 from tasks.caching import Store
-from kexue.gan.params import GanTrainParams
 from tasks.gan import feature_net_task, gan_eval_task, gan_run_task, images_task
 from tasks.jose import jose_task
 from tasks.jose import previous_output as previous_jose_output
@@ -31,16 +39,32 @@ from tasks.text import (
 )
 
 
+_SUBMIT = threading.Lock()
+
+
 @dataclass
 class StageContext:
     store: Store
-    progress: Any = None  # rich.progress.Progress or None
-    resources: dict[str, dict[str, float]] = field(default_factory=dict)
+    progress: Any = None  # flows.progress.RunProgress or None
     result_storage: str | None = None  # block slug of the run's result storage (the cache)
+    annotations: dict[str, Any] = field(default_factory=dict)  # Dask annotations of this stage's tasks
 
-    def t(self, task):
+    def _task(self, task):
         """The task, persisting its result (and so its cache record) in the run's storage."""
         return task.with_options(result_storage=self.result_storage) if self.result_storage else task
+
+    def submit(self, task, *args, **kwargs) -> PrefectFuture:
+        """Submit one task to Dask with this stage's annotations (priority, resources).
+
+        ``dask.annotate`` sets process-wide configuration and stages submit from several
+        threads at once, so submissions take turns; waiting for results does not.
+        """
+        with _SUBMIT, dask.annotate(**self.annotations):
+            return self._task(task).submit(*args, **kwargs)
+
+    def map(self, task, **kwargs) -> list[PrefectFuture]:
+        with _SUBMIT, dask.annotate(**self.annotations):
+            return list(self._task(task).map(**kwargs))
 
 
 @dataclass
@@ -51,13 +75,13 @@ class StageOutcome:
 
 
 def wait(ctx: StageContext, futures: list[PrefectFuture], label: str) -> list[Any]:
-    """Results of futures in submission order, advancing a progress bar as they finish."""
-    bar = ctx.progress.add_task(label, total=len(futures)) if ctx.progress else None
+    """Results of futures in submission order, reporting progress as they finish."""
+    tracker = ctx.progress.track(label, len(futures)) if ctx.progress else None
     for _ in as_completed(futures):
-        if bar is not None:
-            ctx.progress.advance(bar)
-    if bar is not None:
-        ctx.progress.remove_task(bar)
+        if tracker is not None:
+            tracker.advance()
+    if tracker is not None:
+        tracker.close()
     return [f.result() for f in futures]
 
 
@@ -65,27 +89,21 @@ def all_cached(futures: list[PrefectFuture]) -> bool:
     return all(f.state.name == "Cached" for f in futures)
 
 
-def run_ingest(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
-    fut = ctx.t(ingest_task).submit(ctx.store, params, source_fingerprints(params, ctx.store.base_dir))
+Inputs = dict[str, Manifest]  # input role (as in pipeline.yaml) -> the upstream stage's manifest
+
+
+def run_ingest(ctx: StageContext, params: IngestParams, inputs: Inputs) -> StageOutcome:
+    fut = ctx.submit(ingest_task, ctx.store, params, source_fingerprints(params, ctx.store.base_dir))
     (manifest,) = wait(ctx, [fut], "ingest")
     return StageOutcome(manifest, all_cached([fut]))
 
 
-def run_tokenize(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
-    (ingested,) = upstream.values()
-    futures = ctx.t(tokenize_partition_task).map(store=unmapped(ctx.store), partition=ingested.partitions, params=unmapped(params))
+def run_tokenize(ctx: StageContext, params: TokenizeParams, inputs: Inputs) -> StageOutcome:
+    futures = ctx.map(tokenize_partition_task, store=unmapped(ctx.store), partition=inputs["documents"].partitions,
+                                                 params=unmapped(params))
     results: list[Manifest] = wait(ctx, list(futures), f"tokenize {len(futures)} partitions")
-    totals: dict[str, int] = {}
-    for m in results:
-        for k, v in m.metrics.items():
-            if isinstance(v, int):
-                totals[k] = totals.get(k, 0) + v
-    metrics: dict[str, Any] = {"partitions": len(results), "documents": totals.get("documents", 0),
-                               "tokens": totals.get("tokens", 0), "characters": totals.get("characters", 0),
-                               "partitions_cached": sum(f.state.name == "Cached" for f in futures)}
-    if totals.get("seg_docs"):
-        metrics["segmentation"] = {**prf(totals["seg_tp"], totals["seg_pred"], totals["seg_gold"]),
-                                   "documents": totals["seg_docs"]}
+    metrics = summarize_partitions([m.metrics for m in results])
+    metrics["partitions_cached"] = sum(f.state.name == "Cached" for f in futures)
     metrics["workers"] = sorted({str(m.metrics.get("worker")) for m in results})
     repaired = [r for m in results for r in m.metrics.get("repaired") or []]
     if repaired:
@@ -94,23 +112,15 @@ def run_tokenize(ctx: StageContext, params: dict, upstream: dict[str, Manifest])
     return StageOutcome(manifest, all_cached(list(futures)))
 
 
-def run_count(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
-    (tokens,) = upstream.values()
-    partials = list(ctx.t(count_partition_task).map(store=unmapped(ctx.store), tokens=tokens.partitions, batch_docs=unmapped(params["batch_docs"])))
+def run_count(ctx: StageContext, params: CountParams, inputs: Inputs) -> StageOutcome:
+    partials = list(ctx.map(count_partition_task, store=unmapped(ctx.store), tokens=inputs["tokens"].partitions,
+                                                    batch_docs=unmapped(params.batch_docs)))
     # tree merge on the cluster: no task ever holds every partial
-    total, merges = tree_reduce(ctx, merge_counts_task, partials, params["merge_fanin"])
-    vocab = ctx.t(vocabulary_task).submit(ctx.store, total)
+    total, merges = tree_reduce(ctx, merge_counts_task, partials, params.merge_fanin)
+    vocab = ctx.submit(vocabulary_task, ctx.store, total)
     futures = partials + merges + [vocab]
     wait(ctx, futures, f"count {len(partials)} partitions")
     return StageOutcome(vocab.result(), all_cached(futures))
-
-
-def upstream_of(upstream: dict[str, Manifest], kind: str, required: bool = True) -> Manifest | None:
-    """The input manifest produced by a stage of task ``kind`` (stage names are the user's)."""
-    found = [m for m in upstream.values() if m.stage == kind]
-    if not found and required:
-        raise ValueError(f"this stage needs an input from a {kind!r} stage; add one to its inputs in pipeline.yaml")
-    return found[0] if found else None
 
 
 def tree_reduce(ctx: StageContext, task, leaves: list[PrefectFuture], fanin: int = 2) -> tuple[PrefectFuture, list[PrefectFuture]]:
@@ -123,50 +133,47 @@ def tree_reduce(ctx: StageContext, task, leaves: list[PrefectFuture], fanin: int
             if len(group) == 1:
                 nxt.append(group[0])
             else:
-                nxt.append(ctx.t(task).submit(ctx.store, group))
+                nxt.append(ctx.submit(task, ctx.store, group))
                 merges.append(nxt[-1])
         level = nxt
     return level[0], merges
 
 
-def run_graph(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
-    vocab = upstream_of(upstream, "count").files["vocabulary"]
-    jose = upstream_of(upstream, "jose", required=params["source"] == "knn")
+def run_graph(ctx: StageContext, params: GraphParams, inputs: Inputs) -> StageOutcome:
+    vocab = inputs["vocabulary"].files["vocabulary"]
+    jose = inputs.get("vectors")
+    if params.source == "knn" and jose is None:
+        raise ValueError("graph: source knn needs word vectors: add 'vectors: <a jose stage>' to its inputs in pipeline.yaml")
     futures: list[PrefectFuture] = []
     total = None
-    if params["source"] == "cooccurrence":
-        tokens = upstream_of(upstream, "tokenize")
-        parts = list(ctx.t(cooccurrence_partition_task).map(store=unmapped(ctx.store), tokens=tokens.partitions,
+    if params.source == "cooccurrence":
+        parts = list(ctx.map(cooccurrence_partition_task, store=unmapped(ctx.store), tokens=inputs["tokens"].partitions,
                                                      vocabulary=unmapped(vocab), params=unmapped(params)))
         total, merges = tree_reduce(ctx, cooccurrence_merge_task, parts)
         futures += parts + merges
-    build = ctx.t(graph_build_task).submit(ctx.store, total, vocab, params, jose)
+    build = ctx.submit(graph_build_task, ctx.store, total, vocab, params, jose)
     futures.append(build)
     wait(ctx, futures, f"graph ({len(futures)} tasks)")
     return StageOutcome(build.result(), all_cached(futures))
 
 
-def run_communities(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
-    graph = upstream_of(upstream, "graph")
-    jose = upstream_of(upstream, "jose", required=False)
-    fut = ctx.t(communities_task).submit(ctx.store, graph, params, jose)
+def run_communities(ctx: StageContext, params: CommunityParams, inputs: Inputs) -> StageOutcome:
+    fut = ctx.submit(communities_task, ctx.store, inputs["graph"], params, inputs.get("vectors"))
     (manifest,) = wait(ctx, [fut], "communities (infomap)")
     rows = [{"module": i + 1, "size": size, "flow": round(flow, 5), "top words": " ".join(words)}
             for i, (size, flow, words) in enumerate(manifest.metrics.get("top_modules", []))]
     return StageOutcome(manifest, all_cached([fut]), {"top-modules": (rows, "largest InfoMap modules with their top words by flow")})
 
 
-def run_jose(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
-    tokens = upstream_of(upstream, "tokenize")
-    vocab = upstream_of(upstream, "count").files["vocabulary"]
-    warm = previous_jose_output(ctx.store) if params.get("warm_start") else None
-    fut = ctx.t(jose_task).submit(ctx.store, tokens, vocab, params, warm)
+def run_jose(ctx: StageContext, params: JoseParams, inputs: Inputs) -> StageOutcome:
+    warm = previous_jose_output(ctx.store) if params.warm_start else None
+    fut = ctx.submit(jose_task, ctx.store, inputs["tokens"], inputs["vocabulary"].files["vocabulary"], params, warm)
     (manifest,) = wait(ctx, [fut], "jose")
     return StageOutcome(manifest, all_cached([fut]))
 
 
-def run_images(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
-    fut = ctx.t(images_task).submit(ctx.store, params, image_source_fingerprint(params["source"], ctx.store.base_dir))
+def run_images(ctx: StageContext, params: ImagesParams, inputs: Inputs) -> StageOutcome:
+    fut = ctx.submit(images_task, ctx.store, params, image_source_fingerprint(params.source, ctx.store.base_dir))
     (manifest,) = wait(ctx, [fut], "images")
     return StageOutcome(manifest, all_cached([fut]))
 
@@ -177,49 +184,46 @@ RUN_FILES = ("history", "samples_final", "generator", "generator_best")
 GRID_FILES = ("grid_final", "grid_best")
 
 
-def run_gan(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
-    images = upstream_of(upstream, "images")
-    spec = GanTrainParams.model_validate(params)
-    feature = ctx.t(feature_net_task).submit(ctx.store, images, params["feature_net"])
+def run_gan(ctx: StageContext, params: GanTrainParams, inputs: Inputs) -> StageOutcome:
+    images, spec = inputs["images"], params
+    feature = ctx.submit(feature_net_task, ctx.store, images, spec.feature_net)
+    # one Dask task per variant training its seeds together (vectorize_seeds), else one per
+    # (variant, seed); the tasks run in parallel across the workers
+    jobs = [(variant, seeds) for variant, p in spec.runs().items()
+            for seeds in ([spec.seeds] if p.vectorize_seeds else [[s] for s in spec.seeds])]
     runs = spec.runs()
-    # one Dask task per (variant, seed): they train in parallel across the workers
-    futures = [ctx.t(gan_run_task).submit(ctx.store, images, feature, variant, p) for variant, _, p in runs]
-    wait(ctx, [feature, *futures], f"gan: {len(runs)} runs")
+    futures = [ctx.submit(gan_run_task, ctx.store, images, feature, variant, runs[variant], seeds) for variant, seeds in jobs]
+    wait(ctx, [feature, *futures], f"gan: {len(spec.variants)} variants × {len(spec.seeds)} seeds in {len(futures)} tasks")
     files = {"feature_net": feature.result().files["model"]}
     table = []
-    for (variant, seed, _), fut in zip(runs, futures):
+    for (variant, seeds), fut in zip(jobs, futures):
         m = fut.result()
-        keep = RUN_FILES + (GRID_FILES if seed == spec.seeds[0] else ())
-        files.update({f"{variant}/s{seed}/{k}": ref for k, ref in m.files.items() if k in keep})
-        best, final = m.metrics.get("best_eval") or {}, m.metrics.get("final_eval") or {}
-        table.append({"variant": variant, "seed": seed, "steps": m.metrics["step"],
-                      "fid_final": final.get("fid"), "fid_best": best.get("fid"), "best_step": best.get("step"),
-                      "seconds": round(m.metrics["seconds"], 1), "resumed_from_step": m.metrics["resumed_from_step"]})
+        for seed in seeds:
+            keep = RUN_FILES + (GRID_FILES if seed == spec.seeds[0] else ())
+            files.update({f"{variant}/s{seed}/{k}": m.files[f"s{seed}/{k}"] for k in keep if f"s{seed}/{k}" in m.files})
+            run = m.metrics["runs"][str(seed)]
+            best, final = run.get("best_eval") or {}, run.get("final_eval") or {}
+            table.append({"variant": variant, "seed": seed, "steps": run["step"], "seeds_together": len(seeds),
+                          "fid_final": final.get("fid"), "fid_best": best.get("fid"), "best_step": best.get("step"),
+                          "seconds": round(run["seconds"], 1), "steps_per_second": run["steps_per_second"],
+                          "resumed_from_step": run["resumed_from_step"]})
     metrics = {"runs": table, "feature_net": feature.result().metrics,
-               "train_seconds_total": round(sum(r["seconds"] for r in table), 1)}
+               # seeds trained together share their seconds: count each task's once
+               "train_seconds_total": round(sum(f.result().metrics["runs"][str(seeds[0])]["seconds"]
+                                                for (_, seeds), f in zip(jobs, futures)), 1)}
     return StageOutcome(Manifest(stage="gan", files=files, metrics=metrics), all_cached([feature, *futures]))
 
 
-def run_gan_eval(ctx: StageContext, params: dict, upstream: dict[str, Manifest]) -> StageOutcome:
-    fut = ctx.t(gan_eval_task).submit(ctx.store, upstream_of(upstream, "gan"), params)
+def run_gan_eval(ctx: StageContext, params: GanEvalParams, inputs: Inputs) -> StageOutcome:
+    fut = ctx.submit(gan_eval_task, ctx.store, inputs["runs"], params)
     (manifest,) = wait(ctx, [fut], "gan evaluation")
     return StageOutcome(manifest, all_cached([fut]),
                         {"evaluation": (manifest.metrics.get("rows", []), "GAN evaluation: every variant × seed")})
 
 
-Runner = Callable[[StageContext, dict, dict[str, Manifest]], StageOutcome]
+Runner = Callable[[StageContext, Any, Inputs], StageOutcome]
 
-RUNNERS: dict[str, Runner] = {
-    "ingest": run_ingest,
-    "tokenize": run_tokenize,
-    "count": run_count,
-    "jose": run_jose,
-    "graph": run_graph,
-    "images": run_images,
-    "gan_train": run_gan,
-    "gan_eval": run_gan_eval,
-    "communities": run_communities,
-}
+RUNNERS: dict[str, Runner] = registry.bind_runners(globals())  # fails on import if the registry disagrees
 
 
 def summarize_files(manifest: Manifest) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 Prefect's default cache policy includes the flow-run id, so nothing would be reused
 across runs. Here a task's cache key is built from
 
-* the task's name and its *code version* (a hash of its own source and of the ``kexue``
-  modules it calls — editing the algorithm invalidates its cache),
+* the task's name and its *code version* (a hash of its own module's source and of every
+  ``kexue`` module it imports, directly or transitively — derived from the import
+  statements by ``tasks.code_version``, so editing the algorithm invalidates its cache),
 * every parameter: manifests and file references by their content hashes, plain values
   by canonical JSON.
 
@@ -17,7 +18,6 @@ so in the log and in the manifest's ``repaired`` metric.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import inspect
 import json
 import logging
@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from prefect import task
+from pydantic import BaseModel
 
-from kexue.core.artifacts import FileRef, Manifest, sha256_file, sha256_text, stable_json, write_json_atomic
+from kexue.core.artifacts import FileRef, Manifest, sha256_text, stable_json, write_json_atomic
+from tasks.code_version import code_version
 
 log = logging.getLogger("kexue.cache")
 
@@ -58,23 +60,13 @@ def fingerprint(value: Any) -> str:
         return value.fingerprint()
     if isinstance(value, FileRef):
         return value.sha256
+    if isinstance(value, BaseModel):  # validated stage parameters: by their values
+        return stable_json(value.model_dump(mode="json"))
     if isinstance(value, (list, tuple)):
         return sha256_text("list", *(fingerprint(v) for v in value))
     if isinstance(value, dict):
         return sha256_text("dict", *(f"{k}={fingerprint(v)}" for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))))
     return stable_json(value)
-
-
-@functools.lru_cache(maxsize=None)
-def code_version(*module_names: str) -> str:
-    """Hash of the source files of the given modules."""
-    parts = []
-    for name in module_names:  # located, not imported: hashing kexue.embed.jose must not start TensorFlow
-        spec = importlib.util.find_spec(name)
-        if spec is None or not spec.origin:
-            raise ModuleNotFoundError(f"code_version: no source file for module {name!r}")
-        parts.append(f"{name}:{sha256_file(spec.origin)}")
-    return sha256_text(*parts)
 
 
 def base_key(name: str, code: str, parameters: dict[str, Any]) -> str:
@@ -124,15 +116,14 @@ def worker_name() -> str | None:
         return None
 
 
-def kexue_task(name: str, code: tuple[str, ...] = (), **task_options) -> Callable:
+def kexue_task(name: str, **task_options) -> Callable:
     """Decorate a function returning a Manifest (or one FileRef) as a cached, verified Prefect task.
 
-    ``code`` lists the ``kexue`` modules whose source is part of the code version.
+    Its code version is derived from the function's imports (``tasks.code_version``).
     """
 
     def decorate(fn: Callable[..., Manifest | FileRef]):
         sig = inspect.signature(fn)
-        modules = (fn.__module__, *code)
 
         def parameters_of(args, kwargs) -> dict[str, Any]:
             bound = sig.bind(*args, **kwargs)
@@ -141,13 +132,13 @@ def kexue_task(name: str, code: tuple[str, ...] = (), **task_options) -> Callabl
 
         def cache_key_fn(context, parameters: dict[str, Any]) -> str:
             store = _store_of(parameters)
-            return resolve_key(store, base_key(name, code_version(*modules), parameters))
+            return resolve_key(store, base_key(name, code_version(fn), parameters))
 
         @functools.wraps(fn)
         def run(*args, **kwargs) -> Manifest | FileRef:
             parameters = parameters_of(args, kwargs)
             store = _store_of(parameters)
-            base = base_key(name, code_version(*modules), parameters)
+            base = base_key(name, code_version(fn), parameters)
             index = store.index_dir / f"{base}.json"
             entry = _read_index(index) or {"key": base, "repaired": None}
             if os.environ.get("KEXUE_INJECT_FAILURE") == name:  # fault-injection hook for resume tests
@@ -164,7 +155,7 @@ def kexue_task(name: str, code: tuple[str, ...] = (), **task_options) -> Callabl
         options = {"persist_result": True, "cache_key_fn": cache_key_fn, "retries": 1, "retry_delay_seconds": 1}
         options.update(task_options)
         t = task(name=name, **options)(run)
-        t.base_key_for = lambda *a, **k: base_key(name, code_version(*modules), parameters_of(a, k))  # for tests/tools
+        t.base_key_for = lambda *a, **k: base_key(name, code_version(fn), parameters_of(a, k))  # for tests/tools
         return t
 
     return decorate

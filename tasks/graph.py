@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -11,6 +10,7 @@ import scipy.sparse as sp
 from kexue.graph import communities as kcom
 from kexue.graph import cooccurrence as kcooc
 from kexue.core.artifacts import FileRef, Manifest, save_content_addressed, sha256_text, stable_json
+from kexue.graph.params import CommunityParams, GraphParams
 from tasks.caching import Store, kexue_task
 
 
@@ -19,13 +19,13 @@ def _save_matrix(store: Store, m: sp.spmatrix) -> FileRef:
                                   lambda t: sp.save_npz(t, sp.csr_matrix(m), compressed=True))
 
 
-@kexue_task("cooccurrence-partition", code=("kexue.graph.cooccurrence",))
-def cooccurrence_partition_task(store: Store, tokens: FileRef, vocabulary: FileRef, params: dict[str, Any]) -> FileRef:
+@kexue_task("cooccurrence-partition")
+def cooccurrence_partition_task(store: Store, tokens: FileRef, vocabulary: FileRef, params: GraphParams) -> FileRef:
     """Windowed counts of one tokens partition (upper triangle, sparse) — one Dask task each."""
     return _save_matrix(store, kcooc.partition_cooccurrence(tokens.path, vocabulary.path, params))
 
 
-@kexue_task("cooccurrence-merge", code=("kexue.graph.cooccurrence",))
+@kexue_task("cooccurrence-merge")
 def cooccurrence_merge_task(store: Store, parts: list[FileRef]) -> FileRef:
     return _save_matrix(store, kcooc.sum_counts(sp.load_npz(p.path) for p in parts))
 
@@ -39,8 +39,8 @@ def load_vectors(jose: Manifest | None) -> tuple[list[str], np.ndarray] | None:
 
 
 
-@kexue_task("graph-build", code=("kexue.graph.cooccurrence", "kexue.graph.io"))
-def graph_build_task(store: Store, counts: FileRef | None, vocabulary: FileRef, params: dict[str, Any],
+@kexue_task("graph-build")
+def graph_build_task(store: Store, counts: FileRef | None, vocabulary: FileRef, params: GraphParams,
                      jose: Manifest | None = None) -> Manifest:
     key = sha256_text(counts.sha256 if counts else "knn", vocabulary.sha256, stable_json(params),
                       jose.fingerprint() if jose else "")
@@ -49,8 +49,8 @@ def graph_build_task(store: Store, counts: FileRef | None, vocabulary: FileRef, 
     return Manifest.of_result("graph", kcooc.build_graph(matrix, vocabulary.path, str(out), params, load_vectors(jose)))
 
 
-@kexue_task("communities", code=("kexue.graph.communities", "kexue.graph.mapequation"))
-def communities_task(store: Store, graph: Manifest, params: dict[str, Any], jose: Manifest | None = None) -> Manifest:
+@kexue_task("communities")
+def communities_task(store: Store, graph: Manifest, params: CommunityParams, jose: Manifest | None = None) -> Manifest:
     out = store.stage_dir("communities", sha256_text(graph.fingerprint(), stable_json(params), jose.fingerprint() if jose else ""))
     graph_dir = str(Path(graph.files["pajek"].path).parent)
     return Manifest.of_result("communities", kcom.detect_communities(graph_dir, str(out), params, load_vectors(jose)))

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from kexue.core.artifacts import FileRef, Manifest, sha256_text, stable_json, write_json_atomic
 from kexue.embed.params import JoseParams
@@ -27,14 +26,13 @@ def report_epoch(report) -> None:
                  f"loss {report.loss:.4f}, {report.seconds:.0f} s, ETA {report.eta_seconds:.0f} s", **asdict(report))
 
 
-@kexue_task("jose", code=("kexue.embed.jose", "kexue.embed.params", "kexue.embed.word2vec", "kexue.embed.evaluate"), retries=0)
-def jose_task(store: Store, tokens: Manifest, vocabulary: FileRef, params: JoseParams | dict[str, Any],
+@kexue_task("jose", retries=0)
+def jose_task(store: Store, tokens: Manifest, vocabulary: FileRef, params: JoseParams,
               warm_from: Manifest | None = None) -> Manifest:
     """Train JoSE on the tokens partitions. Checkpoints live in a folder keyed by the inputs,
     so a killed run resumes from its last finished epoch."""
     params = JoseParams.of(params)
-    key = sha256_text(tokens.fingerprint(), vocabulary.sha256, stable_json(params.model_dump(mode="json")),
-                      warm_from.fingerprint() if warm_from else "")
+    key = sha256_text(tokens.fingerprint(), vocabulary.sha256, stable_json(params), warm_from.fingerprint() if warm_from else "")
     out, checkpoints = store.stage_dir("jose", key), store.stage_dir("jose-checkpoints", key)
     warm_dir = str(Path(warm_from.files["u"].path).parent) if warm_from else None
     from kexue.embed.jose import train_jose_stage  # TensorFlow: imported by the JoSE task only, not by every worker

@@ -2,9 +2,9 @@
 
 Library code reports progress through plain callbacks (``kexue`` never imports Prefect);
 a task forwards each event here. ``emit`` logs one line with the task run's Prefect logger
-(so the UI shows it) and publishes the event on the Dask cluster's ``kexue-progress``
-topic, which the flow process prints as it arrives — the CLI sees a worker's progress
-while the task is still running.
+(so the UI shows it) and logs the event on the Dask cluster's ``kexue-progress`` topic,
+which the flow process subscribes to and prints as it arrives — the CLI sees a worker's
+progress while the task is still running.
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ def emit(stage: str, message: str, **fields: Any) -> None:
     """Report progress of ``stage``: ``message`` is the human line, ``fields`` the numbers."""
     _logger().info("%s: %s", stage, message)
     try:
-        from distributed import Pub, get_worker
+        from distributed import get_worker
 
-        get_worker()  # only publish from a Dask worker; the flow process prints directly
-        Pub(TOPIC).put({"stage": stage, "message": message, **fields})
+        worker = get_worker()  # only from a Dask worker; elsewhere the log line is all there is
     except (ImportError, ValueError):
-        pass
+        return
+    worker.log_event(TOPIC, {"stage": stage, "message": message, **fields})

@@ -7,7 +7,6 @@ that is the flow.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -16,12 +15,12 @@ from kexue.text import count as kcount
 from kexue.text import tokenize as ktok
 from kexue.core.artifacts import FileRef, Manifest, save_content_addressed, sha256_text, stable_json, write_json_atomic
 from kexue.text.ingest import ingest as run_ingest
-from kexue.text.sources import SourceSpec
+from kexue.text.params import IngestParams, TokenizeParams
 from tasks.caching import Store, kexue_task
 
 
-@kexue_task("ingest", code=("kexue.text.ingest", "kexue.text.sources", "kexue.text.corpora"))
-def ingest_task(store: Store, params: dict[str, Any], source_fingerprints: list[str]) -> Manifest:
+@kexue_task("ingest")
+def ingest_task(store: Store, params: IngestParams, source_fingerprints: list[str]) -> Manifest:
     """All sources → partitions. ``source_fingerprints`` (content hashes) make the cache key."""
     out = store.stage_dir("ingest", sha256_text(stable_json(params), *source_fingerprints))
     res = run_ingest(params, store.base_dir, out, partitions_dir=store.stage_dir("ingest") / "partitions")
@@ -34,26 +33,26 @@ def ingest_task(store: Store, params: dict[str, Any], source_fingerprints: list[
     )
 
 
-@kexue_task("tokenize-partition", code=("kexue.text.tokenize",))
-def tokenize_partition_task(store: Store, partition: FileRef, params: dict[str, Any]) -> Manifest:
+@kexue_task("tokenize-partition")
+def tokenize_partition_task(store: Store, partition: FileRef, params: TokenizeParams) -> Manifest:
     table, stats = ktok.tokenize_partition(partition.path, params)
     ref = save_content_addressed(store.stage_dir("tokenize") / "partitions", ".parquet", lambda t: pq.write_table(table, t))
     return Manifest(stage="tokenize", partitions=[ref], metrics=stats)
 
 
-@kexue_task("count-partition", code=("kexue.text.count",))
+@kexue_task("count-partition")
 def count_partition_task(store: Store, tokens: FileRef, batch_docs: int) -> FileRef:
     frame = kcount.count_partition(tokens.path, batch_docs)
     return save_content_addressed(store.stage_dir("count") / "partials", ".parquet", lambda t: frame.to_parquet(t, index=False))
 
 
-@kexue_task("count-merge", code=("kexue.text.count",))
+@kexue_task("count-merge")
 def merge_counts_task(store: Store, partials: list[FileRef]) -> FileRef:
     frame = kcount.merge_partials([pd.read_parquet(p.path) for p in partials])
     return save_content_addressed(store.stage_dir("count") / "partials", ".parquet", lambda t: frame.to_parquet(t, index=False))
 
 
-@kexue_task("vocabulary", code=("kexue.text.count", "kexue.text.corpora"))
+@kexue_task("vocabulary")
 def vocabulary_task(store: Store, total: FileRef) -> Manifest:
     vocab = kcount.vocabulary(pd.read_parquet(total.path))
     ref = save_content_addressed(store.stage_dir("count") / "vocabulary", ".parquet", lambda t: vocab.to_parquet(t, index=False))
@@ -62,8 +61,8 @@ def vocabulary_task(store: Store, total: FileRef) -> Manifest:
                     metrics=kcount.vocabulary_metrics(vocab))
 
 
-def source_fingerprints(params: dict[str, Any], base_dir: str) -> list[str]:
+def source_fingerprints(params: IngestParams, base_dir: str) -> list[str]:
     """Content hashes of the configured sources (computed where the flow runs)."""
     from kexue.text.sources import source_fingerprint
 
-    return [source_fingerprint(SourceSpec.model_validate(s), Path(base_dir)) for s in params["sources"]]
+    return [source_fingerprint(s, Path(base_dir)) for s in params.sources]

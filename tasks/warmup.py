@@ -6,8 +6,10 @@ that worker (with two workers, one of them sits idle while the other works throu
 partitions). ``kexue run`` preloads this module into its LocalCluster workers; on an
 existing cluster start workers with ``dask worker --preload tasks.warmup``.
 
-TensorFlow is left out on purpose: only the JoSE and GAN stages need it, and it costs
-hundreds of MB per worker.
+Which task modules: those the stage runners submit from (``flows.stages``' imports),
+except any that would import TensorFlow when loaded — only the JoSE and GAN tasks need it,
+inside the task, and it costs seconds and hundreds of MB per worker. Derived from the
+import statements, so a new stage's task module is preloaded without a list to edit.
 """
 from __future__ import annotations
 
@@ -17,8 +19,16 @@ import time
 
 log = logging.getLogger("kexue.warmup")
 
-MODULES = ("prefect.task_engine", "prefect.results", "tasks.caching", "tasks.text", "tasks.graph", "rjieba",
-           "matplotlib.pyplot")
+LIBRARIES = ("prefect.task_engine", "prefect.results", "rjieba", "matplotlib.pyplot")
+HEAVY = {"tensorflow", "keras"}
+
+
+def task_modules() -> list[str]:
+    """Task modules used by the stage runners that load without TensorFlow."""
+    from tasks.code_version import load_time_imports, module_imports
+
+    used = sorted(m for m in module_imports("flows.stages") if m.startswith("tasks."))
+    return [m for m in used if not HEAVY & load_time_imports(m)]
 
 
 def dask_setup(worker) -> None:  # the hook Dask calls for a worker preload
@@ -26,6 +36,7 @@ def dask_setup(worker) -> None:  # the hook Dask calls for a worker preload
     import matplotlib
 
     matplotlib.use("Agg")  # workers are headless; the plotting functions ask for Agg too
-    for name in MODULES:
+    modules = [*LIBRARIES, *task_modules()]
+    for name in modules:
         importlib.import_module(name)
-    log.info("worker %s: preloaded %d modules in %.2f s", worker.name, len(MODULES), time.perf_counter() - t0)
+    log.info("worker %s: preloaded %s in %.2f s", worker.name, ", ".join(modules), time.perf_counter() - t0)

@@ -29,6 +29,14 @@ os.environ.update({
 os.environ.pop("PREFECT_API_URL", None)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Keep `make test-fast` fast: a test that runs the pipeline (the `project` fixture) must be
+    marked slow, or the session refuses to start."""
+    unmarked = [i.nodeid for i in items if "project" in getattr(i, "fixturenames", ()) and i.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError("tests that run the pipeline must be marked @pytest.mark.slow: " + ", ".join(unmarked))
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
@@ -61,7 +69,7 @@ set:
   jose.dim: 32
   gan.variants: {{cr1: {{cascades: 1}}, cr2: {{cascades: 2}}}}
   gan.seeds: [0]
-  gan.train: {{steps: 60, eval_every: 30, eval_samples: 300}}
+  gan.train: {{steps: 60, eval_every: 30, eval_samples: 300, jit_compile: false}}
   gan.feature_net: {{epochs: 2, seed: 0}}
 """
 

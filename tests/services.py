@@ -73,3 +73,21 @@ def wait_port(port: int, timeout: float = 60) -> None:
                 return
         time.sleep(0.3)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
+
+
+def loopback_only(ports_or_pids, by: str = "port") -> tuple[list[str], list[str]]:
+    """(addresses listening on loopback, addresses listening elsewhere) for the given ports or process ids."""
+    import psutil
+
+    if by == "port":
+        conns = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.laddr.port in ports_or_pids]
+    else:
+        conns = []
+        for pid in ports_or_pids:
+            try:
+                conns += [c for c in psutil.Process(pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+            except psutil.NoSuchProcess:  # a short-lived child that ended meanwhile
+                pass
+    loop = [f"{c.laddr.ip}:{c.laddr.port}" for c in conns if c.laddr.ip in ("127.0.0.1", "::1")]
+    other = [f"{c.laddr.ip}:{c.laddr.port}" for c in conns if c.laddr.ip not in ("127.0.0.1", "::1")]
+    return loop, other

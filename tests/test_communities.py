@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import infomap
@@ -16,8 +17,6 @@ from kexue.graph.communities import (
     community_params,
     detect_communities,
     infomap_network,
-    lfr_graph,
-    lfr_nmi,
     module_cosines,
     read_tree,
     run_infomap,
@@ -25,6 +24,9 @@ from kexue.graph.communities import (
 from kexue.graph.cooccurrence import build_graph, partition_cooccurrence
 from kexue.graph.io import write_graph
 from test_cooccurrence import write_corpus
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from lfr import lfr_graph, lfr_nmi  # noqa: E402  (a benchmark helper, not library code)
 
 
 def planted_graph(seed: int, sizes: tuple[int, ...] = (12, 15, 10), directed: bool = False) -> tuple[sp.csr_matrix, np.ndarray]:

@@ -1,4 +1,5 @@
-"""A malformed pipeline.yaml or profile fails at load time with an error naming the key."""
+"""A malformed pipeline.yaml or profile fails at load time with an error naming the key;
+the stage registry agrees with the runners; parameters arrive typed."""
 from __future__ import annotations
 
 import shutil
@@ -6,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kexue.core.config import ConfigError
-from kexue.core.registry import load
+from flows.registry import KINDS, load
+from kexue.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,14 +51,47 @@ def test_wrong_type_is_named(proj):
 
 
 def test_unknown_stage_in_inputs(proj):
-    edit(proj / "pipeline.yaml", "inputs: [tokenize]", "inputs: [tokenise]")
+    edit(proj / "pipeline.yaml", "inputs: {tokens: tokenize}", "inputs: {tokens: tokenise}")
     msg = error_of(proj)
     assert "stages.count.inputs" in msg and "'tokenise'" in msg and "did you mean 'tokenize'" in msg
 
 
+def test_inputs_are_checked_by_role(proj):
+    edit(proj / "pipeline.yaml", "inputs: {tokens: tokenize}", "inputs: {tokns: tokenize}")
+    msg = error_of(proj)
+    assert "stages.count.inputs.tokns: unknown input (did you mean 'tokens'?)" in msg
+    shutil.copy(ROOT / "pipeline.yaml", proj / "pipeline.yaml")
+    edit(proj / "pipeline.yaml", "inputs: {tokens: tokenize}", "inputs: {tokens: ingest}")
+    assert "stages.count.inputs.tokens: 'ingest' is a ingest stage; expected a tokenize stage" in error_of(proj)
+    shutil.copy(ROOT / "pipeline.yaml", proj / "pipeline.yaml")
+    edit(proj / "pipeline.yaml", "inputs: {tokens: tokenize, vocabulary: count}\n    params:\n      dim",
+         "inputs: {tokens: tokenize}\n    params:\n      dim")
+    assert "stages.jose.inputs: missing 'vocabulary' (a count stage)" in error_of(proj)
+    shutil.copy(ROOT / "pipeline.yaml", proj / "pipeline.yaml")
+    edit(proj / "pipeline.yaml", "inputs: {tokens: tokenize}", "inputs: [tokenize]")
+    assert "stages.count.inputs" in error_of(proj) and "mapping of input role to stage name" in error_of(proj)
+
+
+def test_stages_receive_their_inputs_by_name_not_by_kind(proj):
+    """Two count stages of the same kind: each consumer gets the one pipeline.yaml names."""
+    text = (proj / "pipeline.yaml").read_text()
+    text = text.replace("  jose:\n", "  count_small:\n    task: count\n    inputs: {tokens: tokenize}\n"
+                                      "    params: {batch_docs: 10}\n\n  jose:\n", 1)
+    text = text.replace("    inputs: {tokens: tokenize, vocabulary: count}\n    params:\n      dim",
+                        "    inputs: {tokens: tokenize, vocabulary: count_small}\n    params:\n      dim")
+    (proj / "pipeline.yaml").write_text(text)
+    cfg = load(proj / "pipeline.yaml", "local")
+    assert cfg.pipeline.stages["jose"].inputs == {"tokens": "tokenize", "vocabulary": "count_small"}
+    assert cfg.params["count_small"].batch_docs == 10 and cfg.params["count"].batch_docs == 2000
+
+
 def test_cycle_is_reported(proj):
-    edit(proj / "pipeline.yaml", "task: ingest\n", "task: ingest\n    inputs: [count]\n")
-    assert "cycle" in error_of(proj)
+    edit(proj / "pipeline.yaml", "task: ingest\n", "task: ingest\n    inputs: {documents: count}\n")
+    assert "cycle" in error_of(proj) or "expected" in error_of(proj)
+    shutil.copy(ROOT / "pipeline.yaml", proj / "pipeline.yaml")
+    edit(proj / "pipeline.yaml", "    task: tokenize\n    inputs: {documents: ingest}",
+         "    task: tokenize\n    inputs: {documents: count}")
+    assert "the stages form a cycle: " in error_of(proj)
 
 
 def test_unknown_task_and_stage_key(proj):
@@ -81,3 +115,33 @@ def test_invalid_yaml_and_bad_profile(proj):
 
 def test_override_of_unknown_stage(proj):
     assert "did you mean 'tokenize'" in error_of(proj, overrides=["tokenise.hmm=false"])
+
+
+def test_dask_resources_are_keyed_by_stage_name(proj):
+    edit(proj / "conf" / "cluster.yaml", "resources: {}", "resources: {gan_train: {GPU: 1}}")
+    msg = error_of(proj, profile="cluster")
+    assert "cluster.yaml: dask.resources.gan_train: unknown stage" in msg and "did you mean 'gan" in msg
+    shutil.copytree(ROOT / "conf", proj / "conf", dirs_exist_ok=True)
+    edit(proj / "conf" / "cluster.yaml", "resources: {}", "resources: {gan: {GPU: 1}}")
+    assert load(proj / "pipeline.yaml", "cluster").profile.dask.resources == {"gan": {"GPU": 1.0}}
+
+
+def test_parameters_arrive_as_their_validated_models():
+    cfg = load(ROOT / "pipeline.yaml", "local")
+    for name, stage in cfg.pipeline.stages.items():
+        assert isinstance(cfg.params[name], KINDS[stage.task].params), name
+    assert cfg.params["tokenize"].backend == "rjieba"
+
+
+def test_every_registered_kind_has_a_runner_and_every_runner_is_registered():
+    import flows.stages
+    from flows import registry
+
+    assert set(flows.stages.RUNNERS) == set(KINDS)
+    namespace = dict(vars(flows.stages))
+    namespace["run_orphan"] = lambda *a: None
+    with pytest.raises(RuntimeError, match="run_orphan.*not in the stage registry"):
+        registry.bind_runners(namespace)
+    del namespace["run_orphan"], namespace["run_jose"]
+    with pytest.raises(RuntimeError, match="no runner function.*run_jose"):
+        registry.bind_runners(namespace)

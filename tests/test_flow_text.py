@@ -6,6 +6,8 @@ from collections import Counter
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here runs the pipeline on a real cluster
+
 STAGES = ["count"]  # and, through their dependencies, ingest and tokenize
 
 

@@ -6,6 +6,8 @@ os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 import json
 import random
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -15,10 +17,15 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from kexue.gan.cascade_gan import CascadeGAN, build_gan, d_loss_terms, g_loss_terms
 from kexue.gan.cascading import CascadingRejection, cascade
-from kexue.gan.train import CascadeGAN, _d_loss_terms, _g_loss_terms, build_gan, make_discriminator, train_gan
-from kexue.gan.eval.metrics import build_feature_model
+from kexue.gan.checkpoint import GanCheckpoint
 from kexue.gan.data import load_images, write_images
+from kexue.gan.eval.features import build_feature_model
+from kexue.gan.models import make_discriminator
+from kexue.gan.params import GanRunParams
+from kexue.gan.train import run_identity, train_gan
+from tasks.gan import ProgressLines
 
 # --------------------------------------------------------------------------- cascading rejection
 
@@ -120,9 +127,9 @@ def test_discriminator_has_one_score_per_cascade_and_optional_spectral_norm():
 
 def test_gan_rejects_bad_loss_and_weights():
     with pytest.raises(ValueError, match="loss"):
-        build_gan((8, 8, 1), {"cascades": 2, "width": 8, "loss": "wasserstein"})
+        GanRunParams(loss="wasserstein")
     with pytest.raises(ValueError, match="cascade_weights"):
-        build_gan((8, 8, 1), {"cascades": 2, "width": 8, "cascade_weights": [1.0]})
+        build_gan((8, 8, 1), GanRunParams(cascades=2, width=8, cascade_weights=[1.0]), [0])
 
 
 def test_initial_weights_depend_on_the_seed_only_even_while_other_threads_use_random():
@@ -135,9 +142,9 @@ def test_initial_weights_depend_on_the_seed_only_even_while_other_threads_use_ra
             random.random()
 
     def weights():
-        gan = build_gan((8, 8, 1), {**TINY, "spectral_norm": True})
+        gan = build_gan((8, 8, 1), _tiny(spectral_norm=True), [3])
         features = build_feature_model((8, 8, 1), 10, seed=3)
-        return [*gan.generator.get_weights(), *gan.discriminator.get_weights(), *features.get_weights()]
+        return [*gan.generators[0].get_weights(), *gan.discriminators[0].get_weights(), *features.get_weights()]
 
     first = weights()
     thread = threading.Thread(target=draw_from_global_random, daemon=True)
@@ -150,21 +157,26 @@ def test_initial_weights_depend_on_the_seed_only_even_while_other_threads_use_ra
     assert len(first) == len(second)
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
-    other = build_gan((8, 8, 1), {**TINY, "spectral_norm": True, "seed": 4})
-    assert not np.array_equal(other.generator.get_weights()[0], first[0])
+    other = build_gan((8, 8, 1), TINY, [4])
+    assert not np.array_equal(other.generators[0].get_weights()[0], first[0])
+    # a member's initial weights are its seed's, whichever seeds train with it
+    together = build_gan((8, 8, 1), _tiny(spectral_norm=True), [5, 3])
+    for a, b in zip(together.generators[1].get_weights(), first):
+        np.testing.assert_array_equal(a, b)
 
 
 # --------------------------------------------------------------------------- training + resume
 
-# SGD with momentum gives the resumed-vs-straight comparison below a clear margin: a float
-# rounding difference stays ~1e-7, while forgetting to restore the D or G optimizer state or
-# the noise RNG moves the generator by 7e-3 to 8e-2 (measured). Adam's first steps are close
-# to sign-SGD and would turn any rounding difference into whole learning-rate steps.
+# SGD with momentum gives the "trained together vs alone" comparison a clear margin: a float
+# rounding difference stays ~1e-7, while a member seeing another member's gradient or noise
+# would move its weights by far more.
 _SGD = {"name": "sgd", "learning_rate": 0.02, "momentum": 0.9}
-TINY = {"cascades": 2, "width": 8, "latent_dim": 8, "batch_size": 32, "eval_every": 8,
-        "eval_samples": 64, "grid": 4, "seed": 3, "d_optimizer": _SGD,
-        # a derived optimizer with its own state (slow weights): resume must restore it too
-        "g_optimizer": {**_SGD, "lookahead": {"k": 3, "alpha": 0.5}}}
+TINY = GanRunParams(cascades=2, width=8, latent_dim=8, batch_size=32, eval_every=8, eval_samples=64, grid=4,
+                    jit_compile=False,  # compiling costs more than these few steps; the resume test uses XLA
+                    d_optimizer=_SGD,
+                    # a derived optimizer with its own state (slow weights): resume must restore it too
+                    g_optimizer={"name": "adam", "learning_rate": 2e-4, "beta_1": 0.5, "lookahead": {"k": 3, "alpha": 0.5}})
+SEEDS = [3, 4]
 
 
 @pytest.fixture(scope="module")
@@ -176,89 +188,172 @@ def tiny_images(tmp_path_factory) -> str:
 
 
 def _eval_fn(calls):
-    def eval_fn(samples, step):
-        calls.append(step)
+    def eval_fn(samples, step, full):
+        calls.append((step, full))
         assert samples.shape == (64, 8, 8, 1) and np.abs(samples).max() <= 1.0
         return {"fid": float(np.mean(samples ** 2)), "step": step}
     return eval_fn
 
 
-def _generator_weights(out_dir: Path):
-    return keras.saving.load_model(out_dir / "generator.keras", safe_mode=True).get_weights()
+def _generator_weights(out_dir: Path, seed: int):
+    return keras.saving.load_model(out_dir / f"s{seed}" / "generator.keras", safe_mode=True).get_weights()
 
 
-def test_gan_trains_checkpoints_and_resumes_with_the_same_step(tmp_path, tiny_images):
-    calls: list[int] = []
-    first = train_gan(tiny_images, str(tmp_path / "run"), {**TINY, "epochs": 2}, str(tmp_path / "ckpt"),
+def _tiny(**update) -> GanRunParams:
+    return GanRunParams.model_validate({**TINY.model_dump(exclude_unset=True), **update})
+
+
+@pytest.mark.slow
+def test_gan_trains_checkpoints_and_resumes_equal_to_an_uninterrupted_run(tmp_path, tiny_images):
+    """Compiled with XLA as in the pipeline; g: Adam + Lookahead, d: SGD: resumed == straight."""
+    calls: list[tuple[int, bool]] = []
+    first = train_gan(tiny_images, str(tmp_path / "run"), _tiny(epochs=2, jit_compile=True), SEEDS, str(tmp_path / "ckpt"),
                       eval_fn=_eval_fn(calls))
-    m = first["metrics"]
-    assert m["step"] == 8 and m["epochs"] == 2 and m["resumed_from_step"] == 0
+    m = first[3]["metrics"]
+    assert m["step"] == 8 and m["epochs"] == 2 and m["resumed_from_step"] == 0 and m["seeds_together"] == 2
     assert [r["step"] for r in m["losses"]] == [4, 8]
     assert {"d_loss", "g_loss", "d_loss_1", "d_loss_2", "g_loss_1", "g_loss_2"} <= set(m["final_losses"])
     assert all(np.isfinite(v) for v in m["final_losses"].values())
-    assert calls == [8] and m["best_eval"]["step"] == 8
+    assert m["final_losses"] != first[4]["metrics"]["final_losses"]  # two members, two runs
+    assert calls == [(8, True), (8, True)] and m["best_eval"]["step"] == 8
     for key in ("generator", "generator_best", "samples_final", "grid_final", "history"):
-        assert Path(first["files"][key]).exists()
-    assert Image.open(first["files"]["grid_final"]).size == ((4 * 9 - 1) * 4,) * 2  # 4×4 tiles of 8 px, 1-px gaps, ×4
+        assert Path(first[3]["files"][key]).exists() and Path(first[4]["files"][key]).exists()
+    assert Image.open(first[3]["files"]["grid_final"]).size == ((4 * 9 - 1) * 4,) * 2  # 4×4 tiles of 8 px, 1-px gaps, ×4
 
     progress: list[tuple[int, int]] = []
-    resumed = train_gan(tiny_images, str(tmp_path / "run"), {**TINY, "epochs": 4}, str(tmp_path / "ckpt"),
-                        progress=lambda step, total, logs: progress.append((step, total)),
+    resumed = train_gan(tiny_images, str(tmp_path / "run"), _tiny(epochs=4, jit_compile=True), SEEDS, str(tmp_path / "ckpt"),
+                        progress=lambda step, total, info: progress.append((step, total, sorted(info))),
                         eval_fn=_eval_fn(calls))
-    r = resumed["metrics"]
+    r = resumed[3]["metrics"]
     assert r["resumed_from_step"] == 8 and r["step"] == 16 and r["epochs"] == 4
-    assert progress == [(12, 16), (16, 16)]
+    assert progress == [(12, 16, ["eta_seconds", "fid", "seeds", "steps_per_second"]),
+                        (16, 16, ["eta_seconds", "fid", "seeds", "steps_per_second"])]
     assert [row["step"] for row in r["losses"]] == [4, 8, 12, 16]  # history carried over
-    assert [row["step"] for row in r["eval"]] == [8, 16] and calls == [8, 16]
+    assert [row["step"] for row in r["eval"]] == [8, 16] and calls[2:] == [(16, True), (16, True)]
 
-    # An uninterrupted 4-epoch run ends with the same generator as the resumed one.
-    straight = train_gan(tiny_images, str(tmp_path / "straight"), {**TINY, "epochs": 4},
+    # An uninterrupted 4-epoch run ends with the same generators as the resumed one.
+    straight = train_gan(tiny_images, str(tmp_path / "straight"), _tiny(epochs=4, jit_compile=True), SEEDS,
                          str(tmp_path / "ckpt_straight"))
-    assert straight["metrics"]["step"] == 16
-    for a, b in zip(_generator_weights(tmp_path / "run"), _generator_weights(tmp_path / "straight")):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
+    assert straight[4]["metrics"]["step"] == 16
+    for seed in SEEDS:
+        for a, b in zip(_generator_weights(tmp_path / "run", seed), _generator_weights(tmp_path / "straight", seed)):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
-    # Per-cascade losses are in the TensorBoard event files.
+    # Per-cascade losses are in each member's TensorBoard event files.
     tags = set()
-    for key, path in resumed["files"].items():
+    for key, path in resumed[4]["files"].items():
         if key.startswith("tensorboard/"):
             for event in tf.compat.v1.train.summary_iterator(path):
                 tags.update(v.tag for v in event.summary.value)
     assert {"loss/d_loss_1", "loss/d_loss_2", "loss/g_loss_2", "eval/fid"} <= tags
 
     # A finished run called again trains nothing more; a different variant is refused.
-    again = train_gan(tiny_images, str(tmp_path / "run"), {**TINY, "epochs": 4}, str(tmp_path / "ckpt"))
-    assert again["metrics"]["resumed_from_step"] == 16 and again["metrics"]["step"] == 16
+    again = train_gan(tiny_images, str(tmp_path / "run"), _tiny(epochs=4), SEEDS, str(tmp_path / "ckpt"))
+    assert again[3]["metrics"]["resumed_from_step"] == 16 and again[3]["metrics"]["step"] == 16
     with pytest.raises(ValueError, match="different run"):
-        train_gan(tiny_images, str(tmp_path / "run"), {**TINY, "cascades": 4, "epochs": 4}, str(tmp_path / "ckpt"))
+        train_gan(tiny_images, str(tmp_path / "run"), _tiny(cascades=4, epochs=4), SEEDS, str(tmp_path / "ckpt"))
+
+
+def test_resume_equals_uninterrupted_run_under_the_default_adam(tmp_path, tiny_images):
+    """Plain Adam (the pipeline's optimizer) on both sides, seeds one after another."""
+    adam = GanRunParams(width=8, latent_dim=8, batch_size=32, vectorize_seeds=False, jit_compile=False)
+    train_gan(tiny_images, str(tmp_path / "run"), adam.model_copy(update={"epochs": 1}), [0, 1], str(tmp_path / "ckpt"))
+    train_gan(tiny_images, str(tmp_path / "run"), adam.model_copy(update={"epochs": 3}), [0, 1], str(tmp_path / "ckpt"))
+    train_gan(tiny_images, str(tmp_path / "straight"), adam.model_copy(update={"epochs": 3}), [0, 1],
+              str(tmp_path / "ckpt_straight"))
+    for seed in (0, 1):
+        for a, b in zip(_generator_weights(tmp_path / "run", seed), _generator_weights(tmp_path / "straight", seed)):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_a_seed_trains_the_same_alone_as_together_with_others(tmp_path, tiny_images):
+    sgd = _tiny(epochs=2, g_optimizer=_SGD)
+    train_gan(tiny_images, str(tmp_path / "alone"), sgd, [4], str(tmp_path / "ckpt_alone"))
+    train_gan(tiny_images, str(tmp_path / "together"), sgd, [3, 4], str(tmp_path / "ckpt_together"))
+    for a, b in zip(_generator_weights(tmp_path / "alone", 4), _generator_weights(tmp_path / "together", 4)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+def test_checkpoint_names_what_it_holds(tmp_path, tiny_images):
+    train_gan(tiny_images, str(tmp_path / "run"), _tiny(epochs=1), SEEDS, str(tmp_path / "ckpt"))
+    (prefix,) = {p.with_suffix("") for p in (tmp_path / "ckpt" / "seeds-3-4").glob("ckpt-*.index")}
+    names = {name for name, _ in tf.train.list_variables(str(prefix))}
+    for held in ("generators/s3_up0.Skernel", "discriminators/s4_cascading_rejection.Skernel",
+                 "g_optimizer/lookahead.Ss3_up0_kernel_slow",  # Lookahead's slow weights
+                 "d_optimizer/sgd.Ss4_features_kernel_momentum", "noise/s3_noise.Sseed_generator_state", "step",
+                 "best/s4/s4_image.Skernel"):
+        assert any(n.startswith(held) for n in names), held
+    # nothing is keyed by its position in a list
+    assert not any("/_variables/" in n or "layer_with_weights" in n for n in names)
+    # restoring into a model whose variables differ is refused, naming the checkpoint
+    other = build_gan((8, 8, 1), _tiny(cascades=3), SEEDS)
+    with pytest.raises(ValueError, match="exactly this model"):
+        GanCheckpoint(tmp_path / "ckpt" / "seeds-3-4", other).restore(run_identity(_tiny(epochs=1)))
 
 
 def test_train_step_runs_under_a_distribution_strategy(tiny_images):
     x = np.load(tiny_images)[:64]
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     with strategy.scope():
-        gan = build_gan((8, 8, 1), {**TINY, "loss": "non_saturating", "cascade_weights": [3, 1]},
-                        steps_per_execution=2)
+        gan = build_gan((8, 8, 1), _tiny(loss="non_saturating", cascade_weights=[3, 1]), SEEDS, steps_per_execution=2)
     assert isinstance(gan, CascadeGAN)
-    logs = gan.fit(tf.data.Dataset.from_tensor_slices(x).batch(32), epochs=1, shuffle=False, verbose=0).history
+    pairs = np.stack([x, x[::-1]], axis=1)  # (batch, members, H, W, C)
+    logs = gan.fit(tf.data.Dataset.from_tensor_slices(pairs).batch(32), epochs=1, shuffle=False, verbose=0).history
     assert int(gan.step.numpy()) == 2
     # the reported losses are the weighted averages of the per-cascade ones (weights 3:1)
-    for p in ("d", "g"):
-        np.testing.assert_allclose(logs[f"{p}_loss"][-1],
-                                   0.75 * logs[f"{p}_loss_1"][-1] + 0.25 * logs[f"{p}_loss_2"][-1], rtol=1e-5)
-    # non-saturating D loss per cascade is softplus(-D(x)) + softplus(D(G(z))) > 0
-    assert logs["d_loss_1"][-1] > 0 and logs["d_loss_2"][-1] > 0
+    for seed in SEEDS:
+        for p in ("d", "g"):
+            np.testing.assert_allclose(logs[f"s{seed}/{p}_loss"][-1], 0.75 * logs[f"s{seed}/{p}_loss_1"][-1]
+                                       + 0.25 * logs[f"s{seed}/{p}_loss_2"][-1], rtol=1e-5)
+        # non-saturating D loss per cascade is softplus(-D(x)) + softplus(D(G(z))) > 0
+        assert logs[f"s{seed}/d_loss_1"][-1] > 0 and logs[f"s{seed}/d_loss_2"][-1] > 0
+
+
+def test_progress_lines_are_throttled_and_name_the_numbers(monkeypatch):
+    lines = []
+    monkeypatch.setattr("tasks.gan.emit", lambda stage, message, **fields: lines.append((stage, message, fields)))
+    clock = iter([0.0, 1.0, 6.0, 7.0])
+    monkeypatch.setattr("tasks.gan.time.monotonic", lambda: next(clock))
+    report = ProgressLines("cr2", every=5.0)
+    info = {"seeds": [0, 1], "steps_per_second": 40.0, "eta_seconds": 12.0, "fid": 8.5}
+    for step in (28, 56, 84, 112):
+        report(step, 112, info)
+    assert [fields["step"] for _, _, fields in lines] == [28, 84, 112]  # 56 came too soon; the last always shows
+    stage, message, fields = lines[0]
+    assert stage == "gan" and message == "cr2 (seeds 0, 1): step 28/112, 40.0 steps/s, FID 8.50, ETA 12 s"
+    assert fields["variant"] == "cr2" and fields["total"] == 112 and fields["fid"] == 8.5
+
+
+def test_kexue_check_rejects_bad_gan_values_naming_the_key_without_tensorflow():
+    script = """
+import sys
+from typer.testing import CliRunner
+from flows.cli import app
+for override in ("gan.train.batch_size=-1", "gan.train.loss=hinje", "gan.variants={cr4: {cascdes: 4}}",
+                 "gan.train.d_optimizer={name: adan}"):
+    result = CliRunner().invoke(app, ["check", "--set", override])
+    print(result.exit_code, result.output.strip().splitlines()[-1])
+print("tensorflow imported:", "tensorflow" in sys.modules)
+"""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(root)}).stdout.splitlines()
+    assert out[0].startswith("2 ") and "stages.gan.params: train.batch_size: Input should be greater than or equal to 1" in out[0]
+    assert out[1].startswith("2 ") and "train.loss:" in out[1] and "did you mean 'hinge'" in out[1]
+    assert out[2].startswith("2 ") and "variants.cr4.cascdes: unknown key (did you mean 'cascades'?)" in out[2]
+    assert out[3].startswith("2 ") and "train.d_optimizer.name:" in out[3] and "did you mean 'adam'" in out[3]
+    assert out[4] == "tensorflow imported: False"
 
 
 def test_loss_terms_match_their_formulas():
     d_real = np.array([[2.0, -0.5], [0.5, 0.0]], np.float32)
     d_fake = np.array([[-2.0, 0.5], [0.0, 1.0]], np.float32)
     hinge_d = np.maximum(0, 1 - d_real).mean(0) + np.maximum(0, 1 + d_fake).mean(0)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(_d_loss_terms("hinge", d_real, d_fake)), hinge_d, rtol=1e-6)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(_g_loss_terms("hinge", d_fake)), -d_fake.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(d_loss_terms("hinge", d_real, d_fake)), hinge_d, rtol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(g_loss_terms("hinge", d_fake)), -d_fake.mean(0), rtol=1e-6)
     ns_d = np.logaddexp(0, -d_real).mean(0) + np.logaddexp(0, d_fake).mean(0)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(_d_loss_terms("non_saturating", d_real, d_fake)), ns_d, rtol=1e-5)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(_g_loss_terms("non_saturating", d_fake)),
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(d_loss_terms("non_saturating", d_real, d_fake)), ns_d, rtol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(g_loss_terms("non_saturating", d_fake)),
                                np.logaddexp(0, -d_fake).mean(0), rtol=1e-5)
 
 

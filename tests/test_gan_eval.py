@@ -15,7 +15,7 @@ import scipy.stats
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from kexue.gan.eval import metrics as gan_eval
+from kexue.gan.eval import compare, features, metrics
 
 NOISE_LEVELS = (0.0, 0.1, 0.2, 0.4, 0.8)
 
@@ -29,7 +29,7 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def trained(digits):
     x, y = digits
-    return gan_eval.train_feature_model(x, y, seed=0)
+    return features.train_feature_model(x, y, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def noisy_metrics(trained, halves):
     model, _ = trained
     a, b = halves
     rng = np.random.default_rng(1)
-    eval_fn = gan_eval.make_eval_fn(b, model)
+    eval_fn = metrics.make_eval_fn(b, model)
     return {
         s: eval_fn(np.clip(a + rng.normal(0.0, s, a.shape), -1.0, 1.0).astype(np.float32), step=i)
         for i, s in enumerate(NOISE_LEVELS)
@@ -67,22 +67,23 @@ def test_classifier_reaches_97_percent_held_out(trained):
 def test_feature_model_round_trips_through_keras_file_in_safe_mode(trained, digits, tmp_path):
     model, _ = trained
     x, _ = digits
-    path = gan_eval.save_feature_model(model, tmp_path / "features.keras")
-    loaded = gan_eval.load_feature_model(path)
-    feats, probs = gan_eval.embed(gan_eval.feature_extractor(model), x[:50])
-    feats2, probs2 = gan_eval.embed(gan_eval.feature_extractor(loaded), x[:50])
+    path = features.save_feature_model(model, tmp_path / "features.keras")
+    loaded = features.load_feature_model(path)
+    feats, probs = features.embed(features.feature_extractor(model), x[:50])
+    feats2, probs2 = features.embed(features.feature_extractor(loaded), x[:50])
     assert feats.shape == (50, 128) and probs.shape == (50, 10)
     np.testing.assert_allclose(feats2, feats, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(probs2, probs, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=".keras"):
-        gan_eval.save_feature_model(model, tmp_path / "features.h5")
+        features.save_feature_model(model, tmp_path / "features.h5")
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_for_a_seed(digits):
     x, y = digits
-    m1, i1 = gan_eval.train_feature_model(x, y, seed=3, epochs=2)
-    m2, i2 = gan_eval.train_feature_model(x, y, seed=3, epochs=2)
-    m3, _ = gan_eval.train_feature_model(x, y, seed=4, epochs=2)
+    m1, i1 = features.train_feature_model(x, y, seed=3, epochs=2)
+    m2, i2 = features.train_feature_model(x, y, seed=3, epochs=2)
+    m3, _ = features.train_feature_model(x, y, seed=4, epochs=2)
     assert i1 == i2
     for w1, w2 in zip(m1.get_weights(), m2.get_weights()):
         np.testing.assert_array_equal(w1, w2)
@@ -91,7 +92,7 @@ def test_training_is_deterministic_for_a_seed(digits):
 
 def test_unlabelled_data_falls_back_to_kmeans_pseudo_labels(digits):
     x, _ = digits
-    model, info = gan_eval.train_feature_model(x, None, seed=0, epochs=5, n_pseudo_classes=6)
+    model, info = features.train_feature_model(x, None, seed=0, epochs=5, n_pseudo_classes=6)
     assert info["label_source"] == "kmeans"
     assert info["n_classes"] == 6
     assert model.output_shape == (None, 6)
@@ -102,10 +103,10 @@ def test_other_image_sizes_get_a_deeper_network(digits):
     x, y = digits
     x16 = np.repeat(np.repeat(x[:300], 2, axis=1), 2, axis=2)  # 16×16 by pixel doubling
     x16 = np.concatenate([x16, x16], axis=-1)  # 2 channels
-    model, info = gan_eval.train_feature_model(x16, y[:300], seed=0, epochs=1)
+    model, info = features.train_feature_model(x16, y[:300], seed=0, epochs=1)
     assert model.input_shape == (None, 16, 16, 2)
     assert sum(layer.__class__.__name__ == "MaxPooling2D" for layer in model.layers) == 2
-    feats, probs = gan_eval.embed(gan_eval.feature_extractor(model), x16[:10])
+    feats, probs = features.embed(features.feature_extractor(model), x16[:10])
     assert feats.shape == (10, 128)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     assert info["n_train"] + info["n_test"] == 300
@@ -116,9 +117,9 @@ def test_other_image_sizes_get_a_deeper_network(digits):
 def test_fid_of_a_set_against_itself_is_zero(trained, digits):
     model, _ = trained
     x, _ = digits
-    metrics = gan_eval.evaluate_samples(x, x, model)
-    assert abs(metrics["fid"]) < 1e-6
-    assert metrics["precision"] == 1.0 and metrics["recall"] == 1.0
+    row = metrics.evaluate_samples(x, x, model)
+    assert abs(row["fid"]) < 1e-6
+    assert row["precision"] == 1.0 and row["recall"] == 1.0
 
 
 def test_fid_grows_monotonically_with_added_noise(noisy_metrics):
@@ -132,9 +133,9 @@ def test_fid_of_uniform_noise_is_far_from_real(trained, halves):
     model, _ = trained
     _, b = halves
     noise = np.random.default_rng(2).uniform(-1.0, 1.0, b.shape).astype(np.float32)
-    metrics = gan_eval.evaluate_samples(noise, b, model)
-    assert metrics["fid"] > 50.0
-    assert metrics["precision"] < 0.3
+    row = metrics.evaluate_samples(noise, b, model)
+    assert row["fid"] > 50.0
+    assert row["precision"] < 0.3
 
 
 def test_frechet_distance_matches_closed_form_for_diagonal_gaussians():
@@ -144,7 +145,7 @@ def test_frechet_distance_matches_closed_form_for_diagonal_gaussians():
     # Dead units (zero variance in both sets) make the product singular; the result must not change.
     var1[:2] = var2[:2] = 0.0
     expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(var1) - np.sqrt(var2)) ** 2)
-    got = gan_eval.frechet_distance(mu1, np.diag(var1), mu2, np.diag(var2))
+    got = metrics.frechet_distance(mu1, np.diag(var1), mu2, np.diag(var2))
     assert got == pytest.approx(expected, rel=1e-9)
 
 
@@ -152,9 +153,9 @@ def test_frechet_distance_handles_a_rank_deficient_covariance():
     rng = np.random.default_rng(0)
     f1 = rng.normal(size=(5, 20))  # 5 samples in 20 dimensions: rank-4 covariance
     f2 = rng.normal(size=(5, 20))
-    fid = gan_eval.fid_from_features(f1, f2)
+    fid = metrics.fid_from_features(f1, f2)
     assert math.isfinite(fid) and fid > 0
-    assert abs(gan_eval.fid_from_features(f1, f1)) < 1e-5 * fid
+    assert abs(metrics.fid_from_features(f1, f1)) < 1e-5 * fid
 
 
 # ----------------------------------------------------------------------------- KID / IS / P&R
@@ -169,17 +170,17 @@ def test_kid_is_unbiased_for_samples_of_one_gaussian():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(400, 8)), rng.normal(size=(400, 8))
     shifted = rng.normal(0.5, 1.0, size=(400, 8))
-    same, same_std = gan_eval.kernel_inception_distance(a, b, n_subsets=20, subset_size=200)
-    diff, _ = gan_eval.kernel_inception_distance(a, shifted, n_subsets=20, subset_size=200)
+    same, same_std = metrics.kernel_inception_distance(a, b, n_subsets=20, subset_size=200)
+    diff, _ = metrics.kernel_inception_distance(a, shifted, n_subsets=20, subset_size=200)
     assert abs(same) < 3 * same_std + 1e-3
     assert diff > 20 * abs(same)
 
 
 def test_inception_score_bounds():
     one_hot = np.eye(10)[np.arange(1000) % 10]
-    assert gan_eval.inception_score(one_hot) == pytest.approx(10.0, rel=1e-6)
-    assert gan_eval.inception_score(np.eye(10)[np.zeros(100, int)]) == pytest.approx(1.0)
-    assert gan_eval.inception_score(np.full((100, 10), 0.1)) == pytest.approx(1.0)
+    assert metrics.inception_score(one_hot) == pytest.approx(10.0, rel=1e-6)
+    assert metrics.inception_score(np.eye(10)[np.zeros(100, int)]) == pytest.approx(1.0)
+    assert metrics.inception_score(np.full((100, 10), 0.1)) == pytest.approx(1.0)
 
 
 def test_real_digits_score_near_ten_classes_and_noise_lower(noisy_metrics):
@@ -190,8 +191,8 @@ def test_real_digits_score_near_ten_classes_and_noise_lower(noisy_metrics):
 def test_precision_recall_identical_and_disjoint_sets():
     rng = np.random.default_rng(0)
     real = rng.normal(size=(300, 5))
-    assert gan_eval.precision_recall(real, real.copy()) == (1.0, 1.0)
-    assert gan_eval.precision_recall(real, real + 100.0) == (0.0, 0.0)
+    assert metrics.precision_recall(real, real.copy()) == (1.0, 1.0)
+    assert metrics.precision_recall(real, real + 100.0) == (0.0, 0.0)
 
 
 def test_precision_recall_of_a_collapsed_generator():
@@ -200,7 +201,7 @@ def test_precision_recall_of_a_collapsed_generator():
     real = rng.normal(size=(1000, 2))
     corner = real[(real[:, 0] > 1.0) & (real[:, 1] > 1.0)]
     fake = corner + rng.normal(scale=0.01, size=corner.shape)
-    precision, recall = gan_eval.precision_recall(real, fake)
+    precision, recall = metrics.precision_recall(real, fake)
     assert precision > 0.9
     assert recall < 0.2
 
@@ -212,8 +213,8 @@ def test_noise_lowers_precision(noisy_metrics):
 def test_eval_fn_rows_carry_step_and_every_metric(noisy_metrics):
     row = noisy_metrics[0.2]
     assert row["step"] == 2
-    assert set(row) == {"step", *gan_eval.METRIC_KEYS}
-    assert all(math.isfinite(row[k]) for k in gan_eval.METRIC_KEYS)
+    assert set(row) == {"step", *metrics.METRIC_KEYS}
+    assert all(math.isfinite(row[k]) for k in metrics.METRIC_KEYS)
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -246,7 +247,7 @@ def _welch_p(a: np.ndarray, b: np.ndarray) -> float:
 def test_compare_variants_table_tests_and_plots(tmp_path):
     records = _synthetic_records()
     samples = {v: np.random.default_rng(0).uniform(-1, 1, (64, 8, 8, 1)) for v in ("cr1", "cr2", "cr4")}
-    result = gan_eval.compare_variants(records, tmp_path, baseline="cr1", samples=samples)
+    result = compare.compare_variants(records, tmp_path, baseline="cr1", samples=samples)
     metrics = result["metrics"]
 
     rows = metrics["rows"]
@@ -284,8 +285,17 @@ def test_compare_variants_table_tests_and_plots(tmp_path):
 
 def test_compare_variants_without_enough_seeds_reports_no_p_value(tmp_path):
     records = [r for r in _synthetic_records() if r["seed"] == 0]
-    metrics = gan_eval.compare_variants(records, tmp_path)["metrics"]
+    metrics = compare.compare_variants(records, tmp_path)["metrics"]
     assert metrics["per_variant"]["cr1"]["fid_final"]["std"] is None
     assert metrics["welch_vs_baseline"]["cr4"]["fid_final"]["p"] is None
     with pytest.raises(ValueError, match="baseline"):
-        gan_eval.compare_variants(records, tmp_path, baseline="plain")
+        compare.compare_variants(records, tmp_path, baseline="plain")
+
+
+def test_eval_fn_during_training_measures_only_the_cheap_metrics(trained, halves):
+    model, _ = trained
+    a, b = halves
+    eval_fn = metrics.make_eval_fn(b, model)
+    row = eval_fn(a, step=7, full=False)
+    assert set(row) == {"step", *metrics.TRAINING_KEYS}
+    assert row["fid"] == pytest.approx(eval_fn(a, step=7)["fid"])  # the same FID as the full evaluation

@@ -308,6 +308,7 @@ class Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_after_interrupted_epoch_equals_the_uninterrupted_run(tmp_path):
     tokens_paths, vocab_path, _ = planted_topic_corpus(tmp_path, topics=2, docs_per_topic=10)
     params = JoseParams.model_validate({**SMALL, "epochs": 3})

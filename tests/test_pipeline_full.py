@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow  # every test here runs the pipeline on a real cluster
 
 
 def test_every_stage_runs_then_is_cached(project):
@@ -35,6 +38,10 @@ def test_same_seed_and_config_give_the_same_results(tmp_path, prefect_api):
         summary = p.run(["communities", "jose"], overrides)
         runs.append({s["name"]: s for s in summary["stages"]})
     a, b = runs
+    # the second run computed everything again (its own data folder, no cache hit): a cache
+    # hit would make the comparisons below compare a run with itself
+    assert a["ingest"]["files"]["report"] != b["ingest"]["files"]["report"]
+    assert not [n for r in runs for n, s in r.items() if s["cached"]], [(n, s["cached"]) for r in runs for n, s in r.items()]
     va, vb = (pd.read_parquet(r["count"]["files"]["vocabulary"]) for r in runs)
     assert va.equals(vb)
     ea, eb = (pd.read_parquet(r["graph"]["files"]["edges"]) for r in runs)

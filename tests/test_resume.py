@@ -14,6 +14,8 @@ import pytest
 
 from services import BIN
 
+pytestmark = pytest.mark.slow  # every test here runs the pipeline on a real cluster
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -75,7 +77,7 @@ def test_sigkill_during_gan_training_resumes_from_the_last_checkpoint(project):
     overrides = ["gan.variants={cr2: {cascades: 2}}", "gan.seeds=[0]",
                  "gan.train={steps: 1500, eval_every: 500, eval_samples: 300}"]
     checkpoints = project.data / "artifacts" / "gan-checkpoints"
-    kill_when(project, kexue_run(project, "gan", overrides), lambda: any(checkpoints.glob("*/checkpoint.npz")))
+    kill_when(project, kexue_run(project, "gan", overrides), lambda: any(checkpoints.glob("*/seeds-*/checkpoint")))
     summary = project.run(["gan"], overrides)
     stages = {s["name"]: s for s in summary["stages"]}
     assert stages["images"]["cached"] is True

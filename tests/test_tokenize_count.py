@@ -12,6 +12,7 @@ from kexue.text.corpora import peoples_daily
 from kexue.text.tokenize import TokenizeParams, effective_backend, make_segmenter, prf, segmentation_counts, tokenize_partition
 
 
+@pytest.mark.slow
 def test_rjieba_equals_jieba_on_the_whole_peoples_daily_corpus():
     texts = [r.text for r in peoples_daily()]
     rj = make_segmenter(TokenizeParams(backend="rjieba"))

@@ -9,10 +9,12 @@ Every writer here writes to a temporary file in the same directory, fsyncs, then
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -63,9 +65,15 @@ def tree_hashes(path: str | os.PathLike) -> list[str]:
     return out
 
 
+def _plain(obj: Any) -> Any:
+    """JSON for what json does not know: validated parameter models by their values."""
+    dump = getattr(obj, "model_dump", None)
+    return dump(mode="json") if callable(dump) else str(obj)
+
+
 def stable_json(obj: Any) -> str:
     """Canonical JSON used for hashing parameters (sorted keys, no spaces)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_plain)
 
 
 def _seal(tmp: Path) -> None:
@@ -73,6 +81,23 @@ def _seal(tmp: Path) -> None:
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.chmod(tmp, 0o644)
+
+
+def _fault_hold(tmp: Path, final: Path) -> None:
+    """Fault injection for tests: with ``KEXUE_FAULT_HOLD_WRITE="<glob>=<marker file>"``, a
+    write whose final path matches the glob stops once its temporary file is complete,
+    before the rename, records ``{tmp, final, pid}`` in the marker file and waits to be
+    killed. Why: the moment that proves (or disproves) atomicity is otherwise too short
+    for a test to kill the writer in."""
+    spec = os.environ.get("KEXUE_FAULT_HOLD_WRITE")
+    if not spec:
+        return
+    pattern, _, marker = spec.rpartition("=")
+    if fnmatch.fnmatch(str(final), pattern):
+        Path(marker + ".part").write_text(json.dumps({"tmp": str(tmp), "final": str(final), "pid": os.getpid()}))
+        os.replace(marker + ".part", marker)
+        while True:
+            time.sleep(60)
 
 
 @contextlib.contextmanager
@@ -90,6 +115,7 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     try:
         yield tmp_path
         _seal(tmp_path)
+        _fault_hold(tmp_path, final)
         os.replace(tmp_path, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -212,6 +238,7 @@ def save_content_addressed(directory: str | os.PathLike, suffix: str, write) -> 
         digest = sha256_file(tmp_path)
         final = directory / digest[:2] / f"{digest}{suffix}"
         final.parent.mkdir(exist_ok=True)
+        _fault_hold(tmp_path, final)
         os.replace(tmp_path, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -7,11 +7,13 @@ YAML is read with ``yaml.safe_load`` only; config values are data, never evaluat
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal, Protocol
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kexue.core.dag import check_dag
 from kexue.core.errors import ConfigError, did_you_mean
@@ -23,12 +25,24 @@ class StrictModel(BaseModel):
 
 # ----------------------------------------------------------------------------- pipeline
 class StageSpec(StrictModel):
-    """One node of the DAG: which task runs it, which stages feed it, its parameters."""
+    """One node of the DAG: which kind of task runs it, which stage feeds each of its
+    inputs (``{role: stage name}``, as Kedro wires nodes by dataset name), its parameters."""
 
     task: str
-    inputs: list[str] = Field(default_factory=list)
+    inputs: dict[str, str] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
     enabled: bool = True
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _inputs_mapping(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            raise ValueError("expected a mapping of input role to stage name, e.g. {tokens: tokenize, vocabulary: count}")
+        return v
+
+    @property
+    def upstream(self) -> list[str]:
+        return list(self.inputs.values())
 
 
 class PipelineSpec(StrictModel):
@@ -47,7 +61,7 @@ class DaskSpec(StrictModel):
     dashboard_address: str = "127.0.0.1:8787"
     dashboard_link: str | None = None  # template for distributed.dashboard.link
     security: dict[str, Any] = Field(default_factory=dict)  # passed to distributed.Security
-    resources: dict[str, dict[str, float]] = Field(default_factory=dict)  # stage -> {GPU: 1}
+    resources: dict[str, dict[str, float]] = Field(default_factory=dict)  # stage name -> {GPU: 1}
 
 
 class PrefectSpec(StrictModel):
@@ -140,6 +154,25 @@ def apply_override(stages: dict[str, Any], key: str, value: Any, where: str) -> 
     node[parts[-1]] = value
 
 
+# ----------------------------------------------------------------------------- stage kinds
+@dataclass(frozen=True)
+class Input:
+    """An input role of a kind of stage: which kinds of stage may feed it."""
+
+    kinds: tuple[str, ...]
+    required: bool = True
+
+    def describe(self) -> str:
+        return " or ".join(f"a {k} stage" for k in self.kinds) + ("" if self.required else ", optional")
+
+
+class StageKindSpec(Protocol):
+    """What the loader needs to know about a kind of stage (the registry provides it)."""
+
+    params: type[BaseModel]
+    inputs: Mapping[str, Input]
+
+
 class Config(BaseModel):
     """The validated whole: pipeline stages (with overrides applied) and the profile."""
 
@@ -148,7 +181,7 @@ class Config(BaseModel):
     profile_name: str
     profile: ProfileSpec
     pipeline: PipelineSpec
-    params: dict[str, Any]  # stage -> validated params (plain dicts)
+    params: dict[str, BaseModel]  # stage -> its validated parameters model
     raw: dict[str, Any]  # what was loaded, after overrides (recorded in the run summary)
 
     @property
@@ -159,16 +192,14 @@ class Config(BaseModel):
         return base
 
 
-ParamValidator = Callable[[dict[str, Any]], dict[str, Any]]
-
-
 def load_config(
-    pipeline_path: str | Path = "pipeline.yaml",
-    profile: str | Path = "local",
-    overrides: list[str] | None = None,
-    validators: dict[str, ParamValidator] | None = None,
+    pipeline_path: str | Path,
+    profile: str | Path,
+    overrides: list[str] | None,
+    kinds: Mapping[str, StageKindSpec],
 ) -> Config:
-    """Read, override and validate the pipeline and profile; raise ConfigError naming the key."""
+    """Read, override and validate the pipeline and profile as a whole graph; raise
+    ConfigError naming the file and the key (with a did-you-mean for names)."""
     pipeline_path = Path(pipeline_path)
     raw = read_yaml(pipeline_path)
     if not isinstance(raw, dict) or not isinstance(raw.get("stages"), dict):
@@ -194,21 +225,24 @@ def load_config(
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, str(pipeline_path), PipelineSpec)) from None
 
-    check_dag({n: s.inputs for n, s in spec.stages.items()}, where=str(pipeline_path))
-    validators = validators or {}
+    check_dag({n: s.upstream for n, s in spec.stages.items()}, where=str(pipeline_path))
     params = {}
     for name, stage in spec.stages.items():
-        if stage.task not in validators:
-            raise ConfigError(
-                f"{pipeline_path}: stages.{name}.task: unknown task {stage.task!r}"
-                + did_you_mean(stage.task, validators)
-            )
+        where = f"{pipeline_path}: stages.{name}"
+        if stage.task not in kinds:
+            raise ConfigError(f"{where}.task: unknown task {stage.task!r}" + did_you_mean(stage.task, kinds))
+        kind = kinds[stage.task]
+        _check_inputs(where, stage, kind, spec)
         try:
-            params[name] = validators[stage.task](stage.params)
+            params[name] = kind.params.model_validate(stage.params)
         except ValidationError as e:
-            raise ConfigError(_format_validation_error(e, f"{pipeline_path}: stages.{name}.params", getattr(validators[stage.task], "model", None))) from None
-        except (ValueError, TypeError, KeyError) as e:
-            raise ConfigError(f"{pipeline_path}: stages.{name}.params: {e}") from None
+            raise ConfigError(_format_validation_error(e, f"{where}.params", kind.params)) from None
+    for name in prof.dask.resources:
+        if name not in spec.stages:
+            by_task = [s for s, st in spec.stages.items() if st.task == name]
+            hint = (f" (did you mean {by_task[0]!r}? resources are keyed by stage name; {name!r} is its task)"
+                    if by_task else did_you_mean(name, spec.stages))
+            raise ConfigError(f"{profile_path}: dask.resources.{name}: unknown stage{hint}")
     return Config(
         pipeline_path=str(pipeline_path.resolve()),
         profile_name=profile_path.stem,
@@ -219,12 +253,17 @@ def load_config(
     )
 
 
-def validator_for(model: type[BaseModel]) -> ParamValidator:
-    """Turn a pydantic params model into a validator returning a plain dict with defaults."""
-
-    def validate(params: dict[str, Any]) -> dict[str, Any]:
-        return model.model_validate(params).model_dump(mode="json")
-
-    validate.__name__ = f"validate_{model.__name__}"
-    validate.model = model  # for did-you-mean on unknown keys
-    return validate
+def _check_inputs(where: str, stage: StageSpec, kind: StageKindSpec, spec: PipelineSpec) -> None:
+    """Every input role is one the kind takes, fed by a stage of a kind it accepts."""
+    for role, upstream in stage.inputs.items():
+        if role not in kind.inputs:
+            takes = ", ".join(f"{r} ({i.describe()})" for r, i in kind.inputs.items()) or "no inputs"
+            raise ConfigError(f"{where}.inputs.{role}: unknown input" + did_you_mean(role, kind.inputs)
+                              + f"; a {stage.task} stage takes {takes}")
+        accepted = kind.inputs[role].kinds
+        if spec.stages[upstream].task not in accepted:
+            raise ConfigError(f"{where}.inputs.{role}: {upstream!r} is a {spec.stages[upstream].task} stage; "
+                              f"expected {kind.inputs[role].describe()}")
+    for role, needed in kind.inputs.items():
+        if needed.required and role not in stage.inputs:
+            raise ConfigError(f"{where}.inputs: missing {role!r} ({needed.describe()})")

@@ -1,16 +1,15 @@
 """JoSE's hyper-parameters, without TensorFlow: validated wherever pipeline.yaml loads.
 
 Kept apart from ``kexue.embed.jose`` so checking a config (and every Dask worker that unpickles
-the flow) does not import TensorFlow — seconds and hundreds of MB per process. Imports only
-pydantic and the standard library.
+the flow) does not import TensorFlow — seconds and hundreds of MB per process.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from kexue.core.artifacts import sha256_text, stable_json
 
 DEFAULT_PROBE_WORDS = ("中国", "经济", "北京", "足球", "银行", "教育")
 StrategyName = Literal["default", "one_device_cpu"]  # kexue.embed.jose.STRATEGIES builds them
@@ -62,5 +61,4 @@ class JoseParams(BaseModel):
 
     def training_fingerprint(self) -> str:
         """What a checkpoint must agree on to be resumed (evaluation settings excluded)."""
-        text = json.dumps({k: getattr(self, k) for k in TRAINING_KEYS}, sort_keys=True)
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return sha256_text(stable_json({k: getattr(self, k) for k in TRAINING_KEYS}))

@@ -12,7 +12,16 @@ cascade threw away:
     v_{k+1} = v_k − (⟨v_k, w_k⟩ / ‖w_k‖²) w_k          (so ⟨v_{k+1}, w_k⟩ = 0)
 
 The layer returns the N scores (batch, N); N = 1 is exactly the plain linear score ⟨v, w⟩.
-Each score then gets its own GAN loss (see ``kexue.gan.train``).
+Each score then gets its own GAN loss (see ``kexue.gan.cascade_gan``).
+
+Conditional extension (labels y, ``n_classes`` set): as in the projection discriminator
+(Miyato & Koyama 2018), where D(x, y) = ⟨v, w⟩ + ⟨v, e_y⟩ = ⟨v, w + e_y⟩ with a learned
+class embedding e_y, every cascade direction becomes class-dependent, u_k(y) = w_k + e_{k,y},
+and the rejection is along it:
+
+    D_k = ⟨v_k, u_k(y)⟩,   v_{k+1} = v_k − (D_k / ‖u_k(y)‖²) u_k(y)
+
+so N = 1 is exactly the (linear) projection discriminator.
 """
 from __future__ import annotations
 
@@ -22,7 +31,8 @@ from keras import ops
 
 def cascade(v, w, epsilon: float = 0.0):
     """Scores and residuals of the cascade of feature vectors ``v`` (batch, d) against the
-    columns of ``w`` (d, N).
+    columns of ``w``: (d, N), the same directions for every example, or (batch, d, N), one
+    set per example (the conditional case).
 
     Returns ``(scores, residuals)``: scores is (batch, N) with column k = ⟨v_k, w_k⟩;
     residuals is the list [v₁, …, v_N, v_{N+1}] so the orthogonality ⟨v_{k+1}, w_k⟩ = 0 can be
@@ -30,12 +40,12 @@ def cascade(v, w, epsilon: float = 0.0):
     """
     residuals = [v]
     scores = []
-    for k in range(ops.shape(w)[1]):
-        w_k = w[:, k]
-        d_k = ops.matmul(residuals[-1], w_k)  # (batch,)
+    for k in range(ops.shape(w)[-1]):
+        w_k = w[..., k]  # (d,) or (batch, d)
+        d_k = ops.sum(residuals[-1] * w_k, axis=-1)  # (batch,)
         scores.append(d_k)
-        coef = d_k / (ops.sum(ops.square(w_k)) + epsilon)
-        residuals.append(residuals[-1] - ops.expand_dims(coef, 1) * ops.expand_dims(w_k, 0))
+        coef = d_k / (ops.sum(ops.square(w_k), axis=-1) + epsilon)
+        residuals.append(residuals[-1] - ops.expand_dims(coef, 1) * w_k)
     return ops.stack(scores, axis=1), residuals
 
 
@@ -48,8 +58,12 @@ class CascadingRejection(keras.layers.Layer):
         kernel_initializer, kernel_regularizer, kernel_constraint: for the (d, N) matrix whose
             column k is w_k.
         epsilon: added to ‖w_k‖² in the rejection, so a zero column cannot divide by zero.
+        n_classes: None (unconditional), or the number of classes: the inputs are then
+            ``[v, y]`` with integer labels y (batch,), and each w_k gets a learned class
+            embedding e_{k,y} added (the projection discriminator; module docstring).
+        embeddings_initializer: for the (n_classes, d·N) class embeddings.
 
-    Input shape: (batch, d). Output shape: (batch, N).
+    Input shape: (batch, d), or [(batch, d), (batch,)] with ``n_classes``. Output shape: (batch, N).
     """
 
     def __init__(
@@ -59,9 +73,13 @@ class CascadingRejection(keras.layers.Layer):
         kernel_regularizer=None,
         kernel_constraint=None,
         epsilon: float = 1e-12,
+        n_classes: int | None = None,
+        embeddings_initializer="glorot_uniform",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if n_classes is not None and (int(n_classes) != n_classes or n_classes < 2):
+            raise ValueError(f"n_classes must be None or an integer >= 2, got {n_classes!r}")
         if int(cascades) != cascades or cascades < 1:
             raise ValueError(f"cascades must be a positive integer, got {cascades!r}")
         if epsilon < 0:
@@ -71,9 +89,13 @@ class CascadingRejection(keras.layers.Layer):
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.kernel_constraint = keras.constraints.get(kernel_constraint)
         self.epsilon = float(epsilon)
-        self.input_spec = keras.layers.InputSpec(ndim=2)
+        self.n_classes = None if n_classes is None else int(n_classes)
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+        self.input_spec = None if self.n_classes else keras.layers.InputSpec(ndim=2)
 
     def build(self, input_shape):
+        if self.n_classes:
+            input_shape = input_shape[0]
         dim = input_shape[-1]
         if dim is None:
             raise ValueError("CascadingRejection needs a known feature dimension")
@@ -84,13 +106,28 @@ class CascadingRejection(keras.layers.Layer):
             regularizer=self.kernel_regularizer,
             constraint=self.kernel_constraint,
         )
-        self.input_spec = keras.layers.InputSpec(ndim=2, axes={-1: dim})
+        if self.n_classes:
+            self.class_embeddings = self.add_weight(
+                name="class_embeddings",
+                shape=(self.n_classes, dim * self.cascades),
+                initializer=self.embeddings_initializer,
+            )
+        else:
+            self.input_spec = keras.layers.InputSpec(ndim=2, axes={-1: dim})
 
     def call(self, inputs):
-        scores, _ = cascade(inputs, ops.cast(self.kernel, inputs.dtype), self.epsilon)
+        if not self.n_classes:
+            scores, _ = cascade(inputs, ops.cast(self.kernel, inputs.dtype), self.epsilon)
+            return scores
+        v, y = inputs
+        e_y = ops.take(self.class_embeddings, ops.cast(ops.reshape(y, (-1,)), "int32"), axis=0)
+        u = ops.cast(self.kernel, v.dtype) + ops.reshape(ops.cast(e_y, v.dtype), (-1, *self.kernel.shape))
+        scores, _ = cascade(v, u, self.epsilon)
         return scores
 
     def compute_output_shape(self, input_shape):
+        if self.n_classes:
+            input_shape = input_shape[0]
         return (input_shape[0], self.cascades)
 
     def get_config(self):
@@ -101,5 +138,7 @@ class CascadingRejection(keras.layers.Layer):
             "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
             "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
             "epsilon": self.epsilon,
+            "n_classes": self.n_classes,
+            "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
         })
         return config

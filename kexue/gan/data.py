@@ -216,3 +216,13 @@ def image_source_fingerprint(source: str, base_dir: str | Path) -> str:
     if not path.exists():
         raise FileNotFoundError(f"image source {source!r}: {path} does not exist")
     return sha256_text(source, *tree_hashes(path))
+
+
+def as_images(x: np.ndarray) -> np.ndarray:
+    """``x`` as float32 (N, H, W, C) images; (N, H, W) gets one channel."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise ValueError(f"images must be (N, H, W) or (N, H, W, C), got shape {x.shape}")
+    return x

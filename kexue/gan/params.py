@@ -1,68 +1,138 @@
-"""Parameters of the GAN branch's stages, validated when pipeline.yaml loads.
+"""Parameters of the GAN branch's stages, validated when pipeline.yaml loads (no TensorFlow).
 
-Training settings are ``kexue.gan.train.DEFAULT_PARAMS`` keys; a variant is a named override of
-them (``cr4: {cascades: 4}``), and every variant is trained once per seed.
+``GanRunParams`` is how one variant trains (every seed of it alike); the ``gan`` stage's
+``GanTrainParams`` holds the settings shared by every variant (``train``), the variants as
+overrides of them (``cr4: {cascades: 4}``, checked against the same model, so a misspelt
+key gets a "did you mean"), and the seeds each variant is trained with. The validated
+objects travel typed into the tasks and into ``kexue.gan.train.train_gan``.
 """
 from __future__ import annotations
 
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_serializer, field_validator
 
 from kexue.core.errors import did_you_mean
+from kexue.optim.spec import OptimizerSpec
 
+LOSSES = ("hinge", "non_saturating")
 
-def _check_gan_keys(params: dict[str, Any], where: str) -> dict[str, Any]:
-    from kexue.gan.train import DEFAULT_PARAMS
-
-    for key in params:
-        if key not in DEFAULT_PARAMS:
-            raise ValueError(f"{where}.{key}: unknown key" + did_you_mean(key, DEFAULT_PARAMS))
-    return params
+_GAN_ADAM = {"name": "adam", "learning_rate": 2e-4, "beta_1": 0.5}  # DCGAN's (Radford et al. 2016)
 
 
 class ImagesParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
     source: str = "builtin:digits"  # builtin:digits | path/to/file.npz | path/to/folder
     size: int | None = Field(None, ge=4)  # resize to size×size (e.g. 16 or 32)
 
 
 class FeatureNetParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
     epochs: int = Field(30, ge=1)
     seed: int = 0
 
 
-class GanTrainParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    variants: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {"cr1": {"cascades": 1}, "cr2": {"cascades": 2}, "cr4": {"cascades": 4}})
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
-    train: dict[str, Any] = Field(default_factory=dict)  # kexue.gan.train.DEFAULT_PARAMS overrides for every variant
-    feature_net: FeatureNetParams = Field(default_factory=FeatureNetParams)
+class GanRunParams(BaseModel):
+    """How one variant is trained; ``kexue.gan.train.train_gan`` trains it for a list of seeds."""
 
-    @field_validator("train")
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    cascades: int = Field(1, ge=1)  # N: 1 = plain discriminator (the baseline)
+    cascade_weights: list[float] | None = None  # per-cascade loss weights; None = uniform
+    loss: str = "hinge"  # hinge | non_saturating
+    steps: int = Field(5000, ge=1)  # rounded up to whole epochs; "epochs" overrides when given
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int = Field(64, ge=1)
+    latent_dim: int = Field(32, ge=1)
+    width: int = Field(16, ge=1)  # channels of the widest generator / narrowest discriminator conv
+    spectral_norm: bool = False
+    d_optimizer: OptimizerSpec = Field(default_factory=lambda: OptimizerSpec(**_GAN_ADAM))
+    g_optimizer: OptimizerSpec = Field(default_factory=lambda: OptimizerSpec(**_GAN_ADAM))
+    # All seeds of the variant as members of one model, trained by one compiled step: exact
+    # (each member as if alone) unless an optimizer couples variables (global_clipnorm).
+    vectorize_seeds: bool = True
+    # Compile the train step with XLA: more steps/s, but seconds of compiling before the first
+    # step (benchmarks/gan_study.py measures both); off pays for very short runs.
+    jit_compile: bool = True
+    eval_every: int = Field(500, ge=1)  # steps; FID at the first epoch end past each multiple, and at the end
+    eval_samples: int = Field(2000, ge=2)  # generated images per evaluation (capped at the real set's size)
+    grid: int = Field(10, ge=1)  # sample grids are grid × grid images
+
+    @field_validator("loss")
     @classmethod
-    def _train_keys(cls, v):
-        return _check_gan_keys(v, "train")
+    def _known_loss(cls, v: str) -> str:
+        if v not in LOSSES:
+            raise ValueError(f"unknown loss {v!r}" + did_you_mean(v, LOSSES) + f"; known: {', '.join(LOSSES)}")
+        return v
 
-    @model_validator(mode="after")
-    def _variant_keys(self):
-        if not self.variants:
-            raise ValueError("variants: at least one variant is needed")
-        for name, overrides in self.variants.items():
-            _check_gan_keys(overrides, f"variants.{name}")
-            if "seed" in overrides:
-                raise ValueError(f"variants.{name}.seed: seeds are set by 'seeds', for every variant")
+    @field_validator("cascade_weights")
+    @classmethod
+    def _weights(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (min(v, default=-1) < 0 or sum(v) <= 0):
+            raise ValueError(f"cascade weights must be non-negative with a positive sum, got {v}")
+        return v
+
+    def problems(self) -> list[str]:
+        """What is wrong with this combination of values (checked once overrides are merged)."""
+        found = []
+        if self.cascade_weights is not None and len(self.cascade_weights) != self.cascades:
+            found.append(f"cascade_weights: {len(self.cascade_weights)} weights for {self.cascades} cascades")
+        if self.vectorize_seeds:
+            for key in ("d_optimizer", "g_optimizer"):
+                if getattr(self, key).global_clipnorm is not None:
+                    found.append(f"{key}.global_clipnorm: one norm over every variable would couple the seeds "
+                                 "trained together; set vectorize_seeds: false")
+        return found
+
+    def checked(self) -> "GanRunParams":
+        """Itself, or ``ValueError`` listing ``problems()``."""
+        if found := self.problems():
+            raise ValueError("; ".join(found))
         return self
 
-    def runs(self) -> list[tuple[str, int, dict[str, Any]]]:
-        """(variant, seed, full training params) for every run."""
-        return [(name, seed, {**self.train, **overrides, "seed": seed})
-                for name, overrides in self.variants.items() for seed in self.seeds]
+    def overridden(self, overrides: "GanRunParams") -> "GanRunParams":
+        """These params with every field that ``overrides`` sets explicitly replaced (whole values)."""
+        merged = {**self.model_dump(exclude_unset=True), **overrides.model_dump(exclude_unset=True)}
+        return GanRunParams.model_validate(merged)
+
+
+def _default_variants() -> dict[str, GanRunParams]:
+    return {f"cr{n}": GanRunParams(cascades=n) for n in (1, 2, 4)}
+
+
+class GanTrainParams(BaseModel):
+    """The ``gan`` stage: every variant × seed, FID tracked in the feature network's features."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    train: GanRunParams = Field(default_factory=GanRunParams)  # shared by every variant
+    variants: dict[str, GanRunParams] = Field(default_factory=_default_variants, min_length=1, validate_default=True)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
+    feature_net: FeatureNetParams = Field(default_factory=FeatureNetParams)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds must be distinct, got {v}")
+        return v
+
+    @field_validator("variants")
+    @classmethod
+    def _consistent_with_train(cls, variants: dict[str, GanRunParams], info: ValidationInfo) -> dict[str, GanRunParams]:
+        train = info.data.get("train")
+        for name, overrides in variants.items():
+            if train is not None and (found := train.overridden(overrides).problems()):
+                raise ValueError("; ".join(f"{name} (with train): {p}" for p in found))
+        return variants
+
+    @field_serializer("variants")
+    def _only_overrides(self, variants: dict[str, GanRunParams]) -> dict[str, dict]:
+        """A variant is what it overrides: dumping its defaults too would override ``train`` when reloaded."""
+        return {name: v.model_dump(mode="json", exclude_unset=True) for name, v in variants.items()}
+
+    def runs(self) -> dict[str, GanRunParams]:
+        """Variant name → its full training params (``train`` overridden by the variant)."""
+        return {name: self.train.overridden(overrides) for name, overrides in self.variants.items()}
 
 
 class GanEvalParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
     baseline: str = "cr1"  # the variant every other is tested against (Welch's t-test)
     alpha: float = Field(0.05, gt=0, lt=1)

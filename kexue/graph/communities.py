@@ -16,16 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import infomap
-import networkx as nx
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field
-from sklearn.metrics import normalized_mutual_info_score
 
 from kexue.core.artifacts import atomic_path, write_json_atomic, write_parquet_atomic
 from kexue.graph.io import PAJEK_FILE, read_graph
 from kexue.graph.mapequation import directed_flow, module_codelength, undirected_flow
+from kexue.graph.params import CommunityParams
 
 MODULES_FILE = "modules.parquet"
 MODULE_TABLE_FILE = "module_table.parquet"
@@ -33,27 +31,9 @@ TREE_FILE = "communities.tree"
 CODELENGTHS_FILE = "codelengths.json"
 
 
-class CommunityParams(BaseModel):
-    """Parameters of the communities stage (``pipeline.yaml`` → ``communities``).
-
-    ``directed=None`` follows the graph (co-occurrence graphs are undirected); a value that
-    contradicts the graph is an error. ``two_level`` False asks Infomap for a multilevel
-    hierarchy; the module table is then of top modules.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    two_level: bool = True
-    num_trials: int = Field(10, ge=1)
-    seed: int = Field(123, ge=1)  # Infomap's seeds start at 1
-    directed: bool | None = None
-    markov_time: float = Field(1.0, gt=0)
-    top_words: int = Field(10, ge=1)  # words listed per module (highest flow first)
-    top_modules: int = Field(15, ge=0)  # largest modules listed in the metrics
-
-
-def community_params(params: dict[str, Any] | None) -> CommunityParams:
-    """Validate a ``communities`` params dict (pydantic's error names the bad key)."""
-    return CommunityParams.model_validate(params or {})
+def community_params(params: CommunityParams | dict[str, Any] | None) -> CommunityParams:
+    """The validated parameters (a dict is validated; pydantic's error names the bad key)."""
+    return params if isinstance(params, CommunityParams) else CommunityParams.model_validate(params or {})
 
 
 def infomap_network(adjacency: sp.spmatrix, directed: bool) -> infomap.Network:
@@ -237,51 +217,3 @@ def _module_table(table: pd.DataFrame, top_words: int) -> pd.DataFrame:
         }
     )
     return out.sort_values("flow", ascending=False, kind="stable").reset_index(drop=True)
-
-
-def lfr_graph(
-    n: int, mu: float, seed: int, average_degree: float = 15, tau1: float = 3.0, tau2: float = 1.5,
-    min_community: int = 20, max_community: int | None = None, max_degree: int | None = None,
-) -> tuple[nx.Graph, np.ndarray]:
-    """networkx LFR benchmark graph and its planted community label per node (0..n-1)."""
-    g = nx.LFR_benchmark_graph(
-        n, tau1, tau2, mu, average_degree=average_degree, min_community=min_community,
-        max_community=max_community, max_degree=max_degree, seed=seed,
-    )
-    g.remove_edges_from(nx.selfloop_edges(g))
-    label_of: dict[frozenset, int] = {}
-    labels = np.array([label_of.setdefault(frozenset(g.nodes[v]["community"]), len(label_of)) for v in range(n)])
-    return g, labels
-
-
-def lfr_nmi(
-    n: int = 1000, mu: float = 0.1, seed: int = 1, average_degree: float = 15, num_trials: int = 5, **lfr_kwargs: Any
-) -> dict[str, Any]:
-    """NMI against the planted partition of an LFR graph: Infomap (two-level) vs Louvain.
-
-    ``realised_mu`` is the fraction of edges that actually join different planted communities:
-    networkx's generator overshoots the requested μ (networkx issue #6809), so read the NMI
-    against the realised value.
-    """
-    g, planted = lfr_graph(n, mu, seed, average_degree, **lfr_kwargs)
-    ends = np.array(g.edges(), dtype=np.int64).reshape(-1, 2)
-    adjacency = nx.to_scipy_sparse_array(g, nodelist=range(n), format="csr")
-    result = run_infomap(infomap_network(adjacency, directed=False), directed=False, seed=seed, num_trials=num_trials)
-    found = result.modules()
-    infomap_labels = np.array([found[v] for v in range(n)])
-    louvain = nx.community.louvain_communities(g, seed=seed)
-    louvain_labels = np.empty(n, dtype=np.int64)
-    for i, members in enumerate(louvain):
-        louvain_labels[list(members)] = i
-    return {
-        "n": n,
-        "mu": mu,
-        "seed": seed,
-        "realised_mu": float((planted[ends[:, 0]] != planted[ends[:, 1]]).mean()),
-        "mean_degree": 2 * g.number_of_edges() / n,
-        "planted_communities": int(planted.max() + 1),
-        "infomap_modules": int(result.num_top_modules),
-        "louvain_modules": len(louvain),
-        "infomap_nmi": float(normalized_mutual_info_score(planted, infomap_labels)),
-        "louvain_nmi": float(normalized_mutual_info_score(planted, louvain_labels)),
-    }

@@ -17,7 +17,7 @@ mirrors the summed triangle into the symmetric matrix C with C[a, b] = C[b, a] =
 from __future__ import annotations
 
 from functools import reduce
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -25,41 +25,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field
 
 from kexue.graph.io import write_graph
+from kexue.graph.params import GraphParams, Weighting
 
-Weighting = Literal["count", "pmi", "ppmi"]
-
-
-class GraphParams(BaseModel):
-    """Parameters of the graph stage (``pipeline.yaml`` → ``graph``); unknown keys are errors.
-
-    Defaults were tuned on the built-in People's Daily corpus (see benchmarks/graph.py):
-    window 5, PPMI with α = 0.75, keep each word's 10 strongest edges, vocabulary of words
-    seen ≥ 5 times, word pairs seen ≥ 2 times.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    source: Literal["cooccurrence", "knn"] = "cooccurrence"
-    window: int = Field(5, ge=1)  # co-occurrence window in kept tokens, each side
-    min_count: int = Field(5, ge=1)  # vocabulary filter: corpus count of a word
-    max_vocab: int | None = Field(None, ge=2)  # keep only the most frequent words
-    exclude_stopwords: bool = True
-    exclude_punct: bool = True
-    exclude_numbers: bool = True  # jieba splits full-width numbers into single digits: a "module" of digits
-    weighting: Weighting = "ppmi"
-    alpha: float = Field(0.75, gt=0, le=1)  # context-distribution smoothing of PPMI
-    min_edge_count: int = Field(2, ge=1)  # drop word pairs seen fewer times
-    top_k: int | None = Field(10, ge=1)  # each node keeps its k strongest edges; null = all
-    knn_k: int = Field(10, ge=1)  # neighbours per word for source = knn
-    directed: bool = False
-    graphml_max_nodes: int = Field(5000, ge=0)
-
-
-def graph_params(params: dict[str, Any] | None) -> GraphParams:
-    """Validate a ``graph`` params dict (pydantic's error names the bad key)."""
-    return GraphParams.model_validate(params or {})
+def graph_params(params: GraphParams | dict[str, Any] | None) -> GraphParams:
+    """The validated parameters (a dict is validated; pydantic's error names the bad key)."""
+    return params if isinstance(params, GraphParams) else GraphParams.model_validate(params or {})
 
 
 def select_vocabulary(vocab_path: str, params: GraphParams) -> pd.DataFrame:

@@ -1,6 +1,6 @@
-"""Build an optimizer from its ``pipeline.yaml`` spec.
+"""Build an optimizer from its validated spec (``kexue.optim.spec.OptimizerSpec``).
 
-One dict selects the base Keras optimizer and switches on the derived variants;
+The spec selects the base Keras optimizer and switches on the derived variants;
 Keras' own constructor arguments do weight decay, gradient accumulation, EMA and
 clipping, and ``kexue.optim`` wrappers do the rest. Wrapping order (inner to
 outer): base → LayerAdaptation → Lazy → Lookahead, so the trust ratio sees the
@@ -10,28 +10,18 @@ final weights.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Mapping
 from typing import Any
 
 import keras
+from pydantic import ValidationError
 
 from kexue.optim.layer_adaptation import LayerAdaptation
 from kexue.optim.lazy import Lazy
 from kexue.optim.lookahead import Lookahead
 from kexue.optim.schedule import PiecewiseLinear
-
-DERIVED_KEYS = {
-    "name": "Keras optimizer name, e.g. 'adam', 'sgd', 'adamw', 'lamb', 'rmsprop' (default 'adam')",
-    "schedule": "{step: multiplier} piecewise-linear learning-rate multipliers",
-    "accumulation_steps": "number of micro-batches averaged per update (1 = off)",
-    "layer_adaptation": "true (all variables), or variable-path substrings to exclude from it",
-    "lookahead": "{k: int, alpha: float} (true = k 5, alpha 0.5), or null",
-    "lazy": "true (all variables of rank >= 1), or variable-path substrings to include",
-}
-LOOKAHEAD_KEYS = ("k", "alpha")
-
+from kexue.optim.spec import LazySpec, OptimizerSpec
 
 BASE_OPTIMIZERS: dict[str, type[keras.optimizers.Optimizer]] = {
     cls.__name__.lower(): cls
@@ -42,77 +32,47 @@ BASE_OPTIMIZERS: dict[str, type[keras.optimizers.Optimizer]] = {
 }
 
 
-def _base_class(name: str) -> type[keras.optimizers.Optimizer]:
-    key = str(name).lower()
-    if key not in BASE_OPTIMIZERS:
-        close = difflib.get_close_matches(key, list(BASE_OPTIMIZERS), n=2)
-        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"Unknown optimizer name {name!r}.{hint} Known: {', '.join(sorted(BASE_OPTIMIZERS))}.")
-    return BASE_OPTIMIZERS[key]
+def as_spec(spec: OptimizerSpec | Mapping[str, Any]) -> OptimizerSpec:
+    """``spec`` itself, or the mapping validated (``ValueError`` naming the key, with a did-you-mean)."""
+    if isinstance(spec, OptimizerSpec):
+        return spec
+    from kexue.core.config import _format_validation_error
+
+    try:
+        return OptimizerSpec.model_validate(dict(spec))
+    except ValidationError as e:
+        raise ValueError(_format_validation_error(e, "optimizer spec", OptimizerSpec)) from None
 
 
-def _check_keys(keys, allowed, where: str) -> None:
-    for key in keys:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(
-                f"Unknown key {key!r} in {where}.{hint} Allowed: {', '.join(sorted(map(str, allowed)))}."
-            )
-
-
-def build_optimizer(spec: Mapping[str, Any]) -> keras.optimizers.Optimizer:
-    """Return a fresh optimizer for ``spec`` (see ``DERIVED_KEYS`` for the non-Keras keys).
-
-    Every other key is a constructor argument of the chosen Keras optimizer
-    (``learning_rate``, ``beta_1``, ``weight_decay``, ``use_ema``, ``clipnorm``, ...).
-    Unknown keys raise ``ValueError`` naming the key and the closest valid one.
-    """
-    spec = dict(spec)
-    base_class = _base_class(spec.pop("name", "adam"))
-    base_keys = set(inspect.signature(base_class.__init__).parameters) - {"self", "kwargs", "name"}
-    _check_keys(spec, base_keys | set(DERIVED_KEYS), f"optimizer spec for {base_class.__name__}")
-
-    schedule = spec.pop("schedule", None)
-    accumulation_steps = spec.pop("accumulation_steps", None)
-    layer_adaptation = spec.pop("layer_adaptation", False)
-    lookahead = spec.pop("lookahead", None)
-    lazy = spec.pop("lazy", False)
-
-    if accumulation_steps is not None:
-        if int(accumulation_steps) != accumulation_steps or accumulation_steps < 1:
-            raise ValueError(f"`accumulation_steps` must be an integer >= 1, got {accumulation_steps!r}.")
-        if spec.get("gradient_accumulation_steps") is not None:
-            raise ValueError("Give `accumulation_steps` or `gradient_accumulation_steps`, not both.")
-        spec["gradient_accumulation_steps"] = int(accumulation_steps) if accumulation_steps > 1 else None
-    if "learning_rate" in spec:
-        # float() also accepts YAML 1.1's "2e-4", which PyYAML reads as a string.
-        spec["learning_rate"] = float(spec["learning_rate"])
-    if schedule is not None:
+def build_optimizer(spec: OptimizerSpec | Mapping[str, Any]) -> keras.optimizers.Optimizer:
+    """Return a fresh optimizer for ``spec`` (an ``OptimizerSpec``, or a mapping validated as one)."""
+    spec = as_spec(spec)
+    base_class = BASE_OPTIMIZERS[spec.name]
+    kwargs = spec.keras_arguments()
+    if spec.accumulation_steps > 1:
+        kwargs["gradient_accumulation_steps"] = spec.accumulation_steps
+    if spec.schedule is not None:
         default_lr = inspect.signature(base_class.__init__).parameters["learning_rate"].default
-        spec["learning_rate"] = PiecewiseLinear(spec.get("learning_rate", default_lr), schedule)
+        kwargs["learning_rate"] = PiecewiseLinear(kwargs.get("learning_rate", default_lr), spec.schedule)
 
-    optimizer = base_class(**spec)
-    if layer_adaptation:
-        optimizer = LayerAdaptation(optimizer, exclude=_patterns(layer_adaptation, "layer_adaptation"))
-    if lazy:
-        optimizer = Lazy(optimizer, include=_patterns(lazy, "lazy"))
-    if lookahead:
-        if lookahead is True:
-            lookahead = {}
-        if not isinstance(lookahead, Mapping):
-            raise ValueError(f"`lookahead` must be true or a mapping with keys k, alpha; got {lookahead!r}.")
-        _check_keys(lookahead, LOOKAHEAD_KEYS, "optimizer spec `lookahead`")
-        optimizer = Lookahead(optimizer, **lookahead)
+    optimizer = base_class(**kwargs)
+    if spec.exclude_from_weight_decay is not None:
+        # Keras matches the patterns (re.search) against each variable's name ("kernel", "bias",
+        # "gamma", ...); it does not serialise them with the optimizer: runs rebuild from the spec.
+        optimizer.exclude_from_weight_decay(var_names=_patterns(spec.exclude_from_weight_decay))
+    if spec.layer_adaptation:
+        optimizer = LayerAdaptation(optimizer, exclude=_patterns(spec.layer_adaptation))
+    if spec.lazy:
+        lazy = spec.lazy if isinstance(spec.lazy, LazySpec) else LazySpec(include=None if spec.lazy is True else spec.lazy)
+        include = None if lazy.include is None else _patterns(lazy.include)
+        optimizer = Lazy(optimizer, include=include, freeze_slots=lazy.freeze_slots)
+    if spec.lookahead is not None:
+        optimizer = Lookahead(optimizer, k=spec.lookahead.k, alpha=spec.lookahead.alpha)
     return optimizer
 
 
-def _patterns(value: Any, key: str) -> list[str] | None:
+def _patterns(value: bool | str | list[str]) -> list[str] | None:
     """``true`` → None (all variables); a string or list of strings → list of path substrings."""
     if value is True:
         return None
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise ValueError(f"`{key}` must be true/false, a string or a list of strings; got {value!r}.")
+    return [value] if isinstance(value, str) else list(value)

@@ -16,17 +16,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
 
 from kexue.text.corpora import stopwords
 
 PARTIAL_COLUMNS = ["token", "count", "doc_freq"]
-
-
-class CountParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    batch_docs: int = Field(2000, ge=1)  # documents counted together before merging
-    merge_fanin: int = Field(8, ge=2)  # partials merged per tree node
 
 
 def _partial(tokens: pa.ChunkedArray | pa.Array) -> pa.Table:

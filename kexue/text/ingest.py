@@ -15,18 +15,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
 from kexue.core.artifacts import FileRef, save_content_addressed, write_parquet_atomic
-from kexue.text.sources import Doc, Rejected, SourceSpec, read_source
-
-
-class IngestParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    sources: list[SourceSpec] = Field(default_factory=lambda: [SourceSpec(source="builtin:peoples-daily-1998")], min_length=1)
-    partition_bytes: int = Field(16_000_000, ge=1_000)  # target UTF-8 bytes of text per partition
-    max_partition_factor: float = Field(4.0, ge=1.0)  # hard cut at factor × target
-    deduplicate: bool = True  # drop exact duplicate texts (counted in the report)
+from kexue.text.sources import Doc, Rejected, read_source
+from kexue.text.params import IngestParams
 
 
 PARTITION_COLUMNS = ["doc_id", "source", "label", "text", "hash", "gold_tokens"]

@@ -10,24 +10,16 @@ import functools
 import logging
 import re
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict
+from kexue.text.params import TokenizeParams
 
 log = logging.getLogger(__name__)
 _WHITESPACE = re.compile(r"\s")
-
-
-class TokenizeParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    backend: Literal["rjieba", "jieba"] = "rjieba"
-    hmm: bool = True  # jieba's HMM for unknown words
-    user_dict: str | None = None  # jieba user-dictionary file (forces the jieba backend)
-    drop_whitespace: bool = True  # jieba emits spaces/newlines as tokens; they carry no meaning
 
 
 def effective_backend(p: TokenizeParams) -> str:
@@ -146,3 +138,16 @@ def tokenize_partition(ingest_path: str | Path, params: dict[str, Any] | Tokeniz
         "seg_docs": gold_docs,
     }
     return out, stats
+
+
+def summarize_partitions(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """The tokenize stage's metrics from its partitions' stats: totals, and segmentation
+    precision/recall/F1 over every gold token (not an average of per-partition scores)."""
+    totals = {k: sum(s.get(k, 0) for s in stats) for k in ("documents", "tokens", "characters",
+                                                           "seg_tp", "seg_pred", "seg_gold", "seg_docs")}
+    metrics: dict[str, Any] = {"partitions": len(stats), "documents": totals["documents"],
+                               "tokens": totals["tokens"], "characters": totals["characters"]}
+    if totals["seg_docs"]:
+        metrics["segmentation"] = {**prf(totals["seg_tp"], totals["seg_pred"], totals["seg_gold"]),
+                                   "documents": totals["seg_docs"]}
+    return metrics
