@@ -336,13 +336,29 @@ def test_resume_after_interrupted_epoch_equals_the_uninterrupted_run(tmp_path):
     assert np.abs(other.u - full.u).max() > 1e-3
 
 
-def test_each_epoch_report_becomes_one_progress_line(caplog):
+def test_each_epoch_report_becomes_one_progress_line():
+    import logging
+
     from tasks.jose import report_epoch
 
-    report = EpochProgress(epoch=2, epochs=5, tokens_per_second=123456.7, loss=0.1234, eta_seconds=42.4, seconds=14.0)
-    with caplog.at_level("INFO", logger="kexue.progress"):
-        report_epoch(report)
-    (record,) = [r for r in caplog.records if r.name == "kexue.progress"]
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.INFO)
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record):
+            self.records.append(record)
+
+    keep, logger = Keep(), logging.getLogger("kexue.progress")  # outside a flow run: tasks.progress logs here
+    level = logger.level
+    logger.addHandler(keep)
+    logger.setLevel(logging.INFO)
+    try:
+        report_epoch(EpochProgress(epoch=2, epochs=5, tokens_per_second=123456.7, loss=0.1234, eta_seconds=42.4, seconds=14.0))
+    finally:
+        logger.removeHandler(keep)
+        logger.setLevel(level)
+    (record,) = keep.records
     assert record.getMessage() == "jose: epoch 2/5: 123,457 tokens/s, loss 0.1234, 14 s, ETA 42 s"
 
 
