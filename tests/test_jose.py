@@ -158,7 +158,7 @@ def test_single_tuple_update_matches_reference_transcription():
         model.renormalise()
         want = {"u": u0.astype(np.float64), "v": v0.astype(np.float64), "d": d0.astype(np.float64)}
         reference_hinge((want["u"], 1), (want[table], a), [3], word=2 if table == "v" else 1, alpha=alpha, margin=margin)
-        got = dict(zip("uvd", model.table_parts()))
+        got = dict(model.table_parts())
         for name in "uvd":
             np.testing.assert_allclose(got[name], want[name], atol=2e-6)
         start = {"v": v0, "d": d0}[table]
@@ -201,7 +201,7 @@ def test_positions_of_short_documents_match_the_jose_c_loop(tmp_path):
             assert (rows[0], rows[1]) == (positive, offset + anchor)  # the tuple jose.c would make here
             reference_hinge((want["u"], positive), (want[table], anchor), rows[2:], word, float(alpha), params.margin)
     assert next(queue, None) is None
-    got = dict(zip("uvd", model.table_parts()))
+    got = dict(model.table_parts())
     for name, start in (("u", u0), ("v", v0), ("d", d0)):
         change = want[name] - start
         assert np.abs(change).max() > 1e-3
@@ -219,7 +219,7 @@ def test_one_token_document_vector_moves(tmp_path):
     for block in TupleSampler(corpus, params).blocks(0):
         model.train_block(block)
     model.renormalise()
-    _, _, d = model.table_parts()
+    d = dict(model.table_parts())["d"]
     assert np.abs(d[1] - d0[1]).max() > 1e-3  # the document ["w3"]: no neighbour, one word–document term
 
 

@@ -36,11 +36,13 @@ from an epoch checkpoint continues exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import ctypes
+import gc
 import json
 import os
 import queue
 import threading
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -385,10 +387,12 @@ class JoseModel(tf.Module):
         self._train_block = tf.function(self._block_loop, jit_compile=True, reduce_retracing=True)
         self._renormalise_all = tf.function(lambda: self._renormalise(self.table.shape[0]), jit_compile=True)
 
-    def table_parts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The stored rows of u, v, d (unit length right after ``renormalise``)."""
-        t = self.table.numpy()
-        return t[:self.words], t[self.words:2 * self.words], t[2 * self.words:]
+    def table_parts(self) -> Iterator[tuple[str, np.ndarray]]:
+        """("u" | "v" | "d", stored rows), one part copied out at a time (unit right after
+        ``renormalise``): a checkpoint never holds a second copy of the whole table."""
+        for name, start, stop in (("u", 0, self.words), ("v", self.words, 2 * self.words),
+                                  ("d", 2 * self.words, self.table.shape[0])):
+            yield name, self.table[start:stop].numpy()
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The unit vectors u, v, d as numpy arrays (views of one copy of the table)."""
@@ -458,11 +462,15 @@ class Checkpoints:
         with np.load(self.directory / state["file"]) as z:
             return int(state["epoch"]), {k: z[k] for k in ("u", "v", "d")}
 
-    def save(self, epoch: int, fingerprint: str, params: JoseParams, u, v, d, tokens_trained: int) -> None:
+    def save(self, epoch: int, fingerprint: str, params: JoseParams, parts: Iterator[tuple[str, np.ndarray]],
+             tokens_trained: int) -> None:
+        """Write ``parts`` ((name, rows) of u, v, d) as one npz, each part dropped once written."""
         name = f"epoch-{epoch}.npz"
         with atomic_path(self.directory / name, suffix=".npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, u=u, v=v, d=d)
+            with zipfile.ZipFile(tmp, "w") as z:  # np.savez's layout, written part by part
+                for key, rows in parts:
+                    with z.open(f"{key}.npy", "w", force_zip64=True) as member:
+                        np.lib.format.write_array(member, rows, allow_pickle=False)
         write_json_atomic(self.directory / "state.json", {
             "epoch": epoch, "file": name, "fingerprint": fingerprint, "seed": params.seed,
             "tokens_trained": tokens_trained, "params": params.model_dump(mode="json"),
@@ -574,8 +582,11 @@ def train_jose(corpus: Corpus, params: JoseParams, checkpoint_dir: str | os.Path
                 epoch=epoch + 1, epochs=params.epochs, loss=losses[-1], seconds=epoch_seconds[-1],
                 tokens_per_second=corpus.train_words / epoch_seconds[-1],
                 eta_seconds=float(np.mean(epoch_seconds)) * (params.epochs - epoch - 1)))
-        checkpoints.save(epoch + 1, fingerprint, params, *model.table_parts(), (epoch + 1) * corpus.train_words)
+        checkpoints.save(epoch + 1, fingerprint, params, model.table_parts(), (epoch + 1) * corpus.train_words)
     u, v, d = model.vectors()
+    del model, sampler  # the variable and the compiled step: freed before outputs are written and evaluated
+    gc.collect()  # tf.function holds bound methods of the model: a reference cycle
+    release_memory()
     return TrainResult(
         u=u, v=v, d=d, epochs_run=params.epochs - first_epoch, resumed_from_epoch=first_epoch,
         warm_started_words=warm_words, tokens_trained=(params.epochs - first_epoch) * corpus.train_words,
