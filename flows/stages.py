@@ -21,6 +21,7 @@ from kexue.core.artifacts import Manifest
 from kexue.embed.params import JoseParams
 from kexue.gan.data import image_source_fingerprint
 from kexue.gan.params import GanEvalParams, GanTrainParams, ImagesParams
+from kexue.gan.results import gather_runs
 from kexue.graph.params import CommunityParams, GraphParams
 from kexue.text.params import CountParams, IngestParams, TokenizeParams
 from kexue.text.tokenize import summarize_partitions
@@ -178,39 +179,21 @@ def run_images(ctx: StageContext, params: ImagesParams, inputs: Inputs) -> Stage
     return StageOutcome(manifest, all_cached([fut]))
 
 
-# what the gan stage's manifest keeps of each run (the run folders hold the rest:
-# TensorBoard events, a grid per evaluation); grids only for the first seed
-RUN_FILES = ("history", "samples_final", "generator", "generator_best")
-GRID_FILES = ("grid_final", "grid_best")
-
-
 def run_gan(ctx: StageContext, params: GanTrainParams, inputs: Inputs) -> StageOutcome:
     images, spec = inputs["images"], params
     feature = ctx.submit(feature_net_task, ctx.store, images, spec.feature_net)
     # one Dask task per variant training its seeds together (vectorize_seeds), else one per
     # (variant, seed); the tasks run in parallel across the workers
-    jobs = [(variant, seeds) for variant, p in spec.runs().items()
-            for seeds in ([spec.seeds] if p.vectorize_seeds else [[s] for s in spec.seeds])]
     runs = spec.runs()
+    jobs = [(variant, seeds) for variant, p in runs.items()
+            for seeds in ([spec.seeds] if p.vectorize_seeds else [[s] for s in spec.seeds])]
     futures = [ctx.submit(gan_run_task, ctx.store, images, feature, variant, runs[variant], seeds) for variant, seeds in jobs]
     wait(ctx, [feature, *futures], f"gan: {len(spec.variants)} variants × {len(spec.seeds)} seeds in {len(futures)} tasks")
-    files = {"feature_net": feature.result().files["model"]}
-    table = []
-    for (variant, seeds), fut in zip(jobs, futures):
-        m = fut.result()
-        for seed in seeds:
-            keep = RUN_FILES + (GRID_FILES if seed == spec.seeds[0] else ())
-            files.update({f"{variant}/s{seed}/{k}": m.files[f"s{seed}/{k}"] for k in keep if f"s{seed}/{k}" in m.files})
-            run = m.metrics["runs"][str(seed)]
-            best, final = run.get("best_eval") or {}, run.get("final_eval") or {}
-            table.append({"variant": variant, "seed": seed, "steps": run["step"], "seeds_together": len(seeds),
-                          "fid_final": final.get("fid"), "fid_best": best.get("fid"), "best_step": best.get("step"),
-                          "seconds": round(run["seconds"], 1), "steps_per_second": run["steps_per_second"],
-                          "resumed_from_step": run["resumed_from_step"]})
-    metrics = {"runs": table, "feature_net": feature.result().metrics,
-               # seeds trained together share their seconds: count each task's once
-               "train_seconds_total": round(sum(f.result().metrics["runs"][str(seeds[0])]["seconds"]
-                                                for (_, seeds), f in zip(jobs, futures)), 1)}
+    files, table, seconds = gather_runs(
+        [(variant, seeds, f.result().files, f.result().metrics) for (variant, seeds), f in zip(jobs, futures)],
+        first_seed=spec.seeds[0])
+    files["feature_net"] = feature.result().files["model"]
+    metrics = {"runs": table, "feature_net": feature.result().metrics, "train_seconds_total": seconds}
     return StageOutcome(Manifest(stage="gan", files=files, metrics=metrics), all_cached([feature, *futures]))
 
 

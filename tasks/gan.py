@@ -1,7 +1,6 @@
 """Prefect tasks for the GAN branch: images, the feature network, one task per variant, evaluation."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ import numpy as np
 
 from kexue.core.artifacts import FileRef, Manifest, sha256_text, stable_json
 from kexue.gan.params import FeatureNetParams, GanEvalParams, GanRunParams, ImagesParams
+from kexue.gan.results import run_records, seed_key
 from tasks.caching import Store, kexue_task
 from tasks.progress import emit
 
@@ -94,7 +94,7 @@ def gan_run_task(store: Store, images: Manifest, feature_net: Manifest, variant:
     eval_fn = make_eval_fn(real, load_feature_model(feature_net.files["model"].path))
     results = train_gan(images.files["images"].path, str(out), params, seeds, str(checkpoints),
                         progress=ProgressLines(variant), eval_fn=eval_fn)
-    files = {f"s{seed}/{name}": path for seed, r in results.items() for name, path in r["files"].items()}
+    files = {seed_key(seed, name): path for seed, r in results.items() for name, path in r["files"].items()}
     runs = {str(seed): {k: v for k, v in r["metrics"].items() if k not in ("losses", "eval")}
             for seed, r in results.items()}
     return Manifest.of_result("gan-run", {"files": files, "metrics": {"variant": variant, "runs": runs}})
@@ -105,14 +105,8 @@ def gan_eval_task(store: Store, gan: Manifest, params: GanEvalParams) -> Manifes
     """Every variant × seed: final/best FID, KID, IS, precision/recall; Welch's t-test vs baseline."""
     from kexue.gan.eval.compare import compare_variants
 
-    records, samples = [], {}
-    for name, ref in sorted(gan.files.items()):  # "<variant>/s<seed>/history"
-        if name.endswith("/history"):
-            variant, seed, _ = name.split("/")
-            history = json.loads(Path(ref.path).read_text())
-            records.append({"variant": variant, "seed": int(seed[1:]), "history": history["eval"]})
-            if variant not in samples:
-                samples[variant] = np.load(gan.files[f"{variant}/{seed}/samples_final"].path)
+    records, sample_files = run_records({key: ref.path for key, ref in gan.files.items()})
+    samples = {variant: np.load(path) for variant, path in sample_files.items()}
     out = store.stage_dir("gan_eval", sha256_text(gan.fingerprint(), stable_json(params)))
     return Manifest.of_result("gan_eval", compare_variants(records, out, baseline=params.baseline,
                                                            samples=samples, alpha=params.alpha))

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -226,20 +227,27 @@ def api_warnings(flow_run_id: str, needle: str, expected: int, timeout: float = 
 
 @pytest.mark.slow
 def test_corrupted_artifact_is_detected_and_recomputed(project, capfd):
-    first = project.run(["count"])
+    first = project.run(["jose"])
     tok_files = project.stage(first, "tokenize")["files"]["partitions"]
     victim = Path(tok_files[0])
     good = victim.read_bytes()
     victim.write_bytes(good[: len(good) // 2])  # truncated on disk
     vocab = Path(project.stage(first, "count")["files"]["vocabulary"])
     vocab.write_bytes(b"garbage")
+    u = Path(project.stage(first, "jose")["files"]["u"])
+    u_good = np.load(u)
+    u.write_bytes(u.read_bytes()[:-8] + bytes(8))  # a JoSE output overwritten in place, same size
     capfd.readouterr()
-    second = project.run(["count"])
+    second = project.run(["jose"])
     # said once per damaged file, one line each, on the console and in the run's Prefect log
     lines = damage_warnings(capfd)
-    assert len(lines) == 2 and any(str(victim) in line for line in lines) and any(str(vocab) in line for line in lines), lines
-    logged = api_warnings(second["flow_run_id"], "cached artifact is damaged", 2)
-    assert len(logged) == 2 and all("\n" not in m for m in logged), logged
+    assert len(lines) == 3 and all(any(str(f) in line for line in lines) for f in (victim, vocab, u)), lines
+    logged = api_warnings(second["flow_run_id"], "cached artifact is damaged", 3)
+    assert len(logged) == 3 and all("\n" not in m for m in logged), logged
+    jose = project.stage(second, "jose")
+    # recomputed from its last epoch checkpoint (renormalised on load: equal to float rounding)
+    assert jose["cached"] is False and jose["metrics"]["resumed_from_epoch"] == jose["metrics"]["epochs"]
+    np.testing.assert_allclose(np.load(u), u_good, rtol=0, atol=1e-6)
     tok = project.stage(second, "tokenize")
     assert tok["cached"] is False and tok["metrics"]["partitions_cached"] == len(tok_files) - 1
     assert any(str(victim) in r for r in tok["metrics"]["repaired"])

@@ -38,6 +38,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
+import logging
 import os
 import queue
 import threading
@@ -56,6 +57,8 @@ import tensorflow as tf
 
 from kexue.core.artifacts import atomic_path, save_npy_atomic, sha256_text, write_json_atomic, write_parquet_atomic
 from kexue.embed.params import JoseParams, StrategyName
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "jose-table-2"  # bump when training changes meaning: old checkpoints are not resumed
 
@@ -456,11 +459,18 @@ class Checkpoints:
         state_path = self.directory / "state.json"
         if not state_path.exists():
             return None
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-        if state.get("fingerprint") != fingerprint:
-            return None  # a different config or corpus: start over rather than mix runs
-        with np.load(self.directory / state["file"]) as z:
-            return int(state["epoch"]), {k: z[k] for k in ("u", "v", "d")}
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+            if state.get("fingerprint") != fingerprint:
+                return None  # a different config or corpus: start over rather than mix runs
+            # the .npz is a zip: reading every member checks its CRC-32, so flipped or missing
+            # bytes fail here rather than train on from damaged vectors
+            with np.load(self.directory / state["file"], allow_pickle=False) as z:
+                return int(state["epoch"]), {k: z[k] for k in ("u", "v", "d")}
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
+            log.warning("JoSE checkpoint in %s is damaged (%s: %s); training again from epoch 0",
+                        self.directory, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            return None
 
     def save(self, epoch: int, fingerprint: str, params: JoseParams, parts: Iterator[tuple[str, np.ndarray]],
              tokens_trained: int) -> None:

@@ -80,6 +80,21 @@ class GanCheckpoint:
     def exists(self) -> bool:
         return self.manager.latest_checkpoint is not None
 
+    def damage(self) -> str | None:
+        """Why the newest checkpoint cannot be trusted (None when every tensor reads back).
+
+        Reading each tensor checks its stored CRC-32C, so truncated or overwritten bytes show
+        here, before ``restore`` has assigned anything (a failed restore would leave the
+        model half-loaded).
+        """
+        try:
+            reader = tf.train.load_checkpoint(self.manager.latest_checkpoint)
+            for name in reader.get_variable_to_shape_map():
+                reader.get_tensor(name)
+        except (tf.errors.OpError, ValueError, OSError) as e:
+            return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return None
+
     def save(self, state: dict[str, Any], best: dict[int, dict[str, np.ndarray]]) -> None:
         """Write every variable, ``best`` and the JSON ``state`` as the newest checkpoint."""
         for seed, weights in best.items():

@@ -8,6 +8,7 @@ and ends with the same weights as an uninterrupted one.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,8 @@ from kexue.gan.cascade_gan import CascadeGAN, build_gan
 from kexue.gan.checkpoint import GanCheckpoint, generator_weights, set_generator_weights
 from kexue.gan.data import image_grid
 from kexue.gan.params import GanRunParams
+
+log = logging.getLogger(__name__)
 
 EvalFn = Callable[[np.ndarray, int, bool], dict[str, float]]  # (samples, step, full) -> metrics
 Progress = Callable[[int, int, dict[str, Any]], None]  # (steps done, total steps, info)
@@ -75,7 +78,11 @@ class _Run:
             "members": {str(s): {"losses": [], "eval": [], "best": None} for s in self.seeds}}
         self.best: dict[int, dict[str, np.ndarray]] = {}
         if ckpt.exists():
-            self.state, self.best = ckpt.restore(self.identity)
+            if (damage := ckpt.damage()) is None:
+                self.state, self.best = ckpt.restore(self.identity)
+            else:  # start over rather than train on from damaged weights
+                log.warning("GAN checkpoint %s is damaged (%s); training again from step 0",
+                            ckpt.manager.latest_checkpoint, damage)
         self.resumed_from = self.state["step"]
         self.z_eval = np.stack([np.random.default_rng([s, 1]).standard_normal((eval_samples, p.latent_dim))
                                 for s in self.seeds]).astype(np.float32)  # (M, n, latent)
