@@ -75,7 +75,7 @@ def measured(cmd: list[str], env: dict | None = None) -> dict:
     out = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], capture_output=True, text=True, env=env, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     if result["rc"] != 0:
-        raise RuntimeError(f"{cmd[0]} exited with {result['rc']}")
+        raise RuntimeError(f"{' '.join(cmd[:3])} exited with {result['rc']}:\n{out.stderr[-3000:]}")
     return result
 
 
