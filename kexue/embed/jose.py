@@ -5,32 +5,38 @@ Symbols follow the paper and the reference ``jose.c``:
 - ``u`` — center-word vectors (the reference's ``syn0``), one row per vocabulary word;
 - ``v`` — context-word vectors (``syn1neg``);
 - ``d`` — document vectors (``syn1doc``), one row per document;
-- ``margin`` — m in the hinge losses
-  word–word  max(0, m − cos(u, v) + cos(u′, v)),
-  word–doc   max(0, m − cos(u, d) + cos(u′, d)),
-  with u′ drawn from the unigram^0.75 distribution.
+- ``margin`` — m in the hinge losses, with u′ drawn from the unigram^0.75 distribution:
+  word–word  max(0, m − cos(u_q, v_p) + cos(u′, v_p))  for each neighbour q of a position p,
+  word–doc   max(0, m − cos(u_p, d) + cos(u′, d))      once for each position p of document d.
+
+Every term is a *tuple* of rows: a positive u, an anchor (v or d) and ``negative`` u′ rows —
+so one code path trains both terms. A kept position p of a document makes one tuple per
+neighbour inside its (randomly shrunk) window and document, then its word–document tuple,
+each with its own fresh negatives: the reference's loop, flattened. A one-token document
+still trains its vector.
 
 All vectors live on the unit sphere and are trained by Riemannian SGD: the Euclidean
-gradient is projected onto the tangent space of x, (I − x xᵀ)∇f, the step is scaled by the
-reference's update-quantity correction (1 − f for u, 2h for u′, 1 − (f − h) for the
-anchor v or d, where f = cos(u, anchor), h = cos(u′, anchor)), and x is renormalised.
+gradient projected on the tangent space of x, (I − x xᵀ)∇f, times an update-quantity
+correction (1 − f for u, 1 − (f − h) for the anchor, and 2h — the reference — or 1 + h —
+the paper — for u′, where f = cos(u, anchor), h = cos(u′, anchor)), then renormalised.
 
-Why the training loop looks the way it does: a Python-level step per pair is 10–50× slower
-than the C code. Here numpy builds, per epoch and vectorised, every (center, context,
-negatives, document) tuple — frequent-word subsampling, randomly shrunk windows, negative
-sampling — in large fixed-size blocks (a background thread prepares the next block while
-the current one trains), and one XLA-compiled ``tf.while_loop`` runs all steps of a block.
-Each step gathers the rows it needs once, uses the same u and u′ rows for the word–word and
-the word–document term, and writes back with sparse scatter updates (never a dense
-gradient). Within a step all tuples see the same (stale) rows and their updates are summed
-— the batched analogue of the reference's lock-free threads.
+Why the training loop looks the way it does: a Python step per tuple is 10–50× slower than
+the C code, so numpy draws the tuples of a whole block at once (vectorised subsampling,
+windows and unigram-table negatives; in a background thread when ``threads`` > 1) and one
+XLA-compiled ``tf.while_loop`` runs all steps of the block. u, v and d are one table, so a
+step is one gather, a little arithmetic and one scatter-add. A step's ``batch_size`` tuples
+come from ``batch_size`` different stretches of the block (see ``TupleSampler.blocks``), so a
+row is rarely hit twice from the same stale read — like the reference's lock-free threads,
+with many more of them.
 
-Determinism: all randomness comes from numpy generators seeded by (seed, epoch), so a run
-is reproducible for a seed, and a run resumed from an epoch checkpoint continues exactly as
-the uninterrupted run would have.
+Determinism: all randomness comes from numpy generators seeded by (seed, epoch) and the
+compiled step runs on one thread, so a run is reproducible for a seed, and a run resumed
+from an epoch checkpoint continues exactly as the uninterrupted run would have.
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import logging
 import os
@@ -38,7 +44,7 @@ import queue
 import threading
 import time
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -50,18 +56,17 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 
 from kexue.core.artifacts import atomic_path, save_npy_atomic, sha256_text, write_json_atomic, write_parquet_atomic
-from kexue.embed.params import STRATEGY_NAMES, JoseConfig
+from kexue.embed.params import JoseParams, StrategyName
 
 log = logging.getLogger(__name__)
 
-RENORM_EVERY = 32  # steps between full renormalisations of the stored rows (see JoseModel)
-
+CHECKPOINT_FORMAT = "jose-table-2"  # bump when training changes meaning: old checkpoints are not resumed
 
 STRATEGIES: dict[str, Callable[[], tf.distribute.Strategy]] = {
     "default": tf.distribute.get_strategy,
     "one_device_cpu": lambda: tf.distribute.OneDeviceStrategy("/cpu:0"),
 }
-assert set(STRATEGIES) == set(STRATEGY_NAMES), "kexue.embed.params.STRATEGY_NAMES must name every strategy"
+assert set(STRATEGIES) == set(StrategyName.__args__), "kexue.embed.params.StrategyName must name every strategy"
 
 
 # ----------------------------------------------------------------------------- corpus
@@ -118,25 +123,37 @@ def load_corpus(tokens_paths: list[str], vocab_path: str, min_count: int) -> Cor
             doc_ids += batch.column("doc_id").to_pylist()
             sources += batch.column("source").to_pylist()
             labels += batch.column("label").to_pylist()
-    return Corpus(
+    corpus = Corpus(
         words=words, counts=vocab["count"].to_numpy(np.int64), doc_ids=doc_ids, sources=sources, labels=labels,
         ids=np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int32),
         doc=np.concatenate(doc_parts) if doc_parts else np.zeros(0, np.int32),
     )
+    release_memory()
+    return corpus
+
+
+def release_memory() -> None:
+    """Hand freed memory back to the OS: Arrow's allocator and glibc's keep it for reuse, and
+    the stage's peak is the sum of what each phase left behind."""
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 # ----------------------------------------------------------------------------- tuples (numpy)
 @dataclass
 class Block:
-    """``steps × batch`` training tuples for one compiled call (the tail may be padding)."""
+    """``steps × batch`` training tuples for one compiled call.
 
-    center: np.ndarray  # int32 [S, B]   rows of u
-    context: np.ndarray  # int32 [S, B]  rows of v
-    negatives: np.ndarray  # int32 [S, B, K] rows of u
-    doc: np.ndarray  # int32 [S, B]      rows of d
-    doc_scale: np.ndarray  # float32 [S, B] 1 / (#pairs of the context position)
-    alpha: np.ndarray  # float32 [S]    learning rate of each step
-    valid: int  # tuples in the block; the rest of the S·B slots are padding
+    ``rows[s, b]`` is one tuple as rows of the u|v|d table: (positive u, anchor v or d,
+    negatives u′…); padding tuples are all −1.
+    """
+
+    rows: np.ndarray  # int32 [S, B, 2 + K]
+    alpha: np.ndarray  # float32 [S] learning rate of each step
+    tuples: int  # real (not padding) tuples in the block
     tokens_done: int  # raw corpus tokens (all epochs) covered once this block is trained
 
 
@@ -144,27 +161,28 @@ class TupleSampler:
     """Vectorised numpy version of the reference's per-thread sampling loop.
 
     Per epoch: frequent-word subsampling with the reference's keep probability
-    (√(c/(s·T)) + 1)·s·T/c; each kept position gets a window shrunk uniformly to 1..window;
-    every (position, neighbour) pair inside the shrunk window and the same document is a
-    tuple (center u = neighbour, context v = position word, document d); each tuple gets
-    ``negative`` center words from unigram^0.75. The word–document term is applied once per
-    tuple scaled by 1/(#pairs of that position), so each position contributes one unit of
-    word–document update, as in the reference. Learning rate: linear decay from alpha over
-    all epochs' raw tokens, floored at alpha·1e-4 (reference).
+    (√(c/(s·T)) + 1)·s·T/c; each kept position p gets a window shrunk uniformly to 1..window;
+    every neighbour q inside it and inside p's document makes a word–word tuple
+    (u[q], v[p], negatives), then p makes its word–document tuple (u[p], d[p's document],
+    negatives); negatives come from the unigram^0.75 table, ``negative`` fresh ones per
+    tuple. The learning rate decays linearly over all epochs' raw tokens, floored at
+    alpha·1e-4 (reference).
     """
 
-    def __init__(self, corpus: Corpus, config: JoseConfig, chunk_tokens: int = 1 << 16):
+    def __init__(self, corpus: Corpus, params: JoseParams, chunk_tokens: int = 1 << 15):
         self.corpus = corpus
-        self.config = config
+        self.params = params
         self.chunk_tokens = chunk_tokens
+        self.v_offset, self.d_offset = len(corpus.words), 2 * len(corpus.words)  # rows of the u|v|d table
         total = max(corpus.train_words, 1)
-        threshold = config.sample * total
+        threshold = params.sample * total
         counts = corpus.counts.astype(np.float64)
         self.keep_probability = (
-            np.minimum(1.0, (np.sqrt(counts / threshold) + 1.0) * threshold / counts) if config.sample > 0 else np.ones_like(counts)
+            np.minimum(1.0, (np.sqrt(counts / threshold) + 1.0) * threshold / counts) if params.sample > 0 else np.ones_like(counts)
         )
         # The reference's table of unigram^0.75 (a draw is one random index into it), sized
-        # so that each word's share is resolved to ~1/(64·V).
+        # so that each word's share is resolved to ~1/(64·V) (the reference's 1e8 entries
+        # are 400 MB, most of its memory).
         weights = counts**0.75
         cdf = np.cumsum(weights / weights.sum())
         size = int(min(1 << 24, max(1 << 20, 64 * len(counts))))
@@ -183,74 +201,75 @@ class TupleSampler:
             yield start, end
             start = end
 
-    def pairs(self, epoch: int) -> Iterator[tuple[np.ndarray, ...]]:
-        """(center, context, doc, doc_scale, negatives, raw_position) arrays, chunk by chunk."""
-        cfg = self.config
+    def tuples(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(rows int32 [T, 2 + K], raw int64 [T]) chunk by chunk, in the reference's order.
+
+        ``raw`` is the corpus position of each tuple's word p (for the learning rate).
+        """
+        cfg = self.params
         rng = np.random.default_rng([cfg.seed, epoch])
         offsets = np.concatenate([np.arange(-cfg.window, 0), np.arange(1, cfg.window + 1)]).astype(np.int32)
+        slots = offsets.shape[0] + 1  # 2·window neighbours, then the word–document term
         for start, end in self._chunk_bounds():
             ids = self.corpus.ids[start:end]
             docs = self.corpus.doc[start:end]
             kept = np.flatnonzero(rng.random(end - start) < self.keep_probability[ids])
-            k_ids, k_doc = ids[kept], docs[kept]
+            word, doc = ids[kept], docs[kept]
             m = kept.shape[0]
             span = cfg.window - rng.integers(0, cfg.window, size=m, dtype=np.int32)  # reference: b = rand % window
             neighbour = np.arange(m, dtype=np.int32)[:, None] + offsets[None, :]
             inside = (neighbour >= 0) & (neighbour < m) & (np.abs(offsets)[None, :] <= span[:, None])
             neighbour = np.clip(neighbour, 0, max(m - 1, 0))
-            inside &= k_doc[neighbour] == k_doc[:, None]
-            position, slot = np.nonzero(inside)  # position-major, like the reference's loop
-            per_position = inside.sum(axis=1, dtype=np.int32)
-            center = k_ids[neighbour[position, slot]]
-            del neighbour, inside
-            context = k_ids[position]
-            negatives = self.negative_table[
-                rng.integers(0, self.negative_table.shape[0], (position.shape[0], cfg.negative), dtype=np.int32)]
-            yield (
-                center, context, k_doc[position], (1.0 / per_position[position]).astype(np.float32),
-                negatives, (start + kept[position]).astype(np.int64),
-            )
+            inside &= doc[neighbour] == doc[:, None]
+            take = np.flatnonzero(np.concatenate([inside, np.ones((m, 1), bool)], axis=1))  # position-major
+            position, slot = np.divmod(take, slots)
+            is_doc = slot == slots - 1
+            rows = np.empty((take.shape[0], 2 + cfg.negative), np.int32)
+            rows[:, 0] = np.where(is_doc, word[position], word[neighbour[position, np.minimum(slot, slots - 2)]])
+            rows[:, 1] = np.where(is_doc, self.d_offset + doc[position], self.v_offset + word[position])
+            rows[:, 2:] = self.negative_table[
+                rng.integers(0, self.negative_table.shape[0], (take.shape[0], cfg.negative), dtype=np.int32)]
+            yield rows, start + kept[position].astype(np.int64)
 
     def blocks(self, epoch: int) -> Iterator[Block]:
-        """Fixed-shape blocks of tuples (the last one padded) so one compiled program serves all."""
-        cfg = self.config
-        size = cfg.steps_per_block * cfg.batch_size
-        pending: list[tuple[np.ndarray, ...]] = []
+        """Fixed-shape blocks (the last one padded) so one compiled program serves all."""
+        size = self.params.steps_per_block * self.params.batch_size
+        pending: list[tuple[np.ndarray, np.ndarray]] = []
         pending_n = 0
-        for part in self.pairs(epoch):
+        for part in self.tuples(epoch):
             pending.append(part)
             pending_n += part[0].shape[0]
             if pending_n >= size:
-                merged = tuple(np.concatenate(cols) for cols in zip(*pending))
+                rows, raw = (np.concatenate(cols) for cols in zip(*pending))
                 full = pending_n // size * size
                 for start in range(0, full, size):
-                    yield self._block(epoch, tuple(a[start:start + size] for a in merged))
-                pending = [tuple(a[full:] for a in merged)]
+                    yield self._block(epoch, rows[start:start + size], raw[start:start + size])
+                pending = [(rows[full:], raw[full:])]
                 pending_n -= full
         if pending_n:
-            yield self._block(epoch, tuple(np.concatenate(cols) for cols in zip(*pending)))
+            yield self._block(epoch, *(np.concatenate(cols) for cols in zip(*pending)))
 
-    def _block(self, epoch: int, part: tuple[np.ndarray, ...]) -> Block:
-        cfg = self.config
-        s, b = cfg.steps_per_block, cfg.batch_size
-        center, context, doc, scale, negatives, raw = part
-        n = center.shape[0]
-        pad = s * b - n
-        processed = epoch * self.corpus.train_words + raw[::b]
-        alpha = cfg.alpha * np.maximum(1e-4, 1.0 - processed / (cfg.epochs * self.corpus.train_words + 1.0))
-        return Block(
-            center=np.pad(center, (0, pad)).reshape(s, b),
-            context=np.pad(context, (0, pad)).reshape(s, b),
-            negatives=np.pad(negatives, ((0, pad), (0, 0))).reshape(s, b, cfg.negative),
-            doc=np.pad(doc, (0, pad)).reshape(s, b),
-            doc_scale=np.pad(scale, (0, pad)).reshape(s, b),
-            alpha=np.pad(alpha, (0, s - alpha.shape[0])).astype(np.float32),
-            valid=n,
-            tokens_done=int(epoch * self.corpus.train_words + raw[-1] + 1),
-        )
+    def _block(self, epoch: int, rows: np.ndarray, raw: np.ndarray) -> Block:
+        """Lay a block out as steps: step s takes the s-th tuple of each of B consecutive runs.
+
+        Why: a step reads all its rows before any update lands, so tuples sharing a row in
+        one step sum their updates from one stale read. Consecutive tuples share rows (one
+        position's neighbours, a document's positions), so they go to consecutive steps —
+        sequential, as in the reference — and a step mixes B distant stretches of the corpus.
+        """
+        s, b = self.params.steps_per_block, self.params.batch_size
+        n = rows.shape[0]
+        rows = np.concatenate([rows, np.full((s * b - n, rows.shape[1]), -1, np.int32)])
+        rows = np.ascontiguousarray(rows.reshape(b, s, -1).transpose(1, 0, 2))
+        total = self.params.epochs * self.corpus.train_words + 1.0
+        first, last = int(raw[0]), int(raw[-1]) + 1
+        processed = epoch * self.corpus.train_words + first + (last - first) * (np.arange(s) + 0.5) / s
+        alpha = self.params.alpha * np.maximum(1e-4, 1.0 - processed / total)
+        return Block(rows=rows, alpha=alpha.astype(np.float32), tuples=n,
+                     tokens_done=epoch * self.corpus.train_words + last)
 
 
-def prefetch(iterator: Iterator[Block], depth: int = 1) -> Iterator[Block]:
+def prefetch(iterator: Iterator[Block], depth: int = 2) -> Iterator[Block]:
     """Run ``iterator`` in a background thread, ``depth`` blocks ahead (numpy releases the GIL)."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
@@ -283,132 +302,144 @@ def prefetch(iterator: Iterator[Block], depth: int = 1) -> Iterator[Block]:
 
 
 # ----------------------------------------------------------------------------- the math
-def spherical_hinge_step(anchor, positive, negatives, weight, alpha, margin):
-    """Riemannian SGD deltas for max(0, m − cos(u, a) + cos(u′_k, a)) on B tuples.
+def hinge_coefficients(f, h, keep, alpha, margin: float, correction: str = "reference"):
+    """Riemannian SGD for max(0, m − cos(u, a) + cos(u′_k, a)) as coefficients on the rows.
 
-    ``anchor`` a [B, D] (v or d), ``positive`` u [B, D], ``negatives`` u′ [B, K, D], all unit
-    rows; ``weight`` [B, K] scales (or masks) each negative's term; ``alpha`` [B] learning rate.
-    With f = u·a, h_k = u′_k·a, and only where f − h_k < m (the hinge is active):
+    Per tuple the rows are x_0 = u (positive), x_1 = a (anchor: v or d), x_{1+k} = u′_k
+    (negatives), all unit. ``f`` [B] = u·a, ``h`` [B, K] = u′_k·a, ``keep`` [B, K] false for
+    a negative to skip (it is the position's own word, or padding), ``alpha`` the learning
+    rate. Where the hinge is active (f − h_k < m):
 
-        Δu    = α (1 − f)        (a − f u)                    = α(1−f)  · (I − u uᵀ) a
-        Δu′_k = α 2h_k           (h_k u′_k − a)               = α·2h_k · −(I − u′u′ᵀ) a
-        Δa    = α (1 − (f − h_k)) (u − u′_k − (f − h_k) a)     = α(1−(f−h)) · (I − a aᵀ)(u − u′_k)
+        Δu    = α (1 − f)        (a − f u)                 = α(1−f)  · (I − u uᵀ) a
+        Δu′_k = α g_k            (h_k u′_k − a)            = α g_k  · −(I − u′u′ᵀ) a
+        Δa    = α (1 − (f − h_k)) (u − u′_k − (f − h_k) a)  = α(1−(f−h)) · (I − a aᵀ)(u − u′_k)
 
-    i.e. the negative Euclidean gradient projected on each tangent space times the
-    reference's update-quantity correction. Returns (Δu [B,D], Δu′ [B,K,D], Δa [B,D], loss [B]).
+    with g_k = 2h_k (``correction="reference"``, jose.c: the step reverses when h_k < 0) or
+    1 + h_k (``"paper"``: always a push away from a). Terms of the K negatives add up. Each
+    Δ is a combination of the tuple's rows, so this returns C [B, 2+K, 2+K] with
+    Δx_i = Σ_j C_ij x_j, and the hinge loss [B].
     """
-    f = tf.reduce_sum(positive * anchor, axis=-1)  # [B]
-    h = tf.reduce_sum(negatives * anchor[:, None, :], axis=-1)  # [B, K] (no einsum: XLA CPU batch-dots are slow)
-    gap = f[:, None] - h
-    active = tf.cast(gap < margin, anchor.dtype) * weight  # [B, K]
-    rate = alpha[:, None] * active
-    delta_positive = (tf.reduce_sum(rate, axis=1) * (1.0 - f))[:, None] * (anchor - f[:, None] * positive)
-    delta_negatives = (rate * 2.0 * h)[:, :, None] * (h[:, :, None] * negatives - anchor[:, None, :])
-    c = rate * (1.0 - gap)  # [B, K]
-    delta_anchor = (
-        tf.reduce_sum(c, axis=1)[:, None] * positive
-        - tf.reduce_sum(c[:, :, None] * negatives, axis=1)
-        - tf.reduce_sum(c * gap, axis=1)[:, None] * anchor
-    )
+    gap = f[:, None] - h  # [B, K]
+    active = tf.cast((gap < margin) & keep, f.dtype)
+    rate = alpha * active
+    g = 2.0 * h if correction == "reference" else 1.0 + h
+    pull = tf.reduce_sum(rate, axis=1) * (1.0 - f)  # Δu = pull·(a − f u)
+    push = rate * g  # Δu′_k = push_k·(h_k u′_k − a)
+    c = rate * (1.0 - gap)  # Δa = Σ_k c_k·(u − u′_k − gap_k a)
+    zeros = tf.zeros_like(h)
+    row_u = tf.concat([tf.stack([-pull * f, pull], axis=1), zeros], axis=1)  # [B, 2+K]
+    row_a = tf.concat([tf.stack([tf.reduce_sum(c, axis=1), -tf.reduce_sum(c * gap, axis=1)], axis=1), -c], axis=1)
+    row_neg = tf.concat([zeros[:, :, None], -push[:, :, None], tf.linalg.diag(push * h)], axis=2)  # [B, K, 2+K]
+    coefficients = tf.concat([row_u[:, None, :], row_a[:, None, :], row_neg], axis=1)
     loss = tf.reduce_sum(active * (margin - gap), axis=1)
-    return delta_positive, delta_negatives, delta_anchor, loss
+    return coefficients, loss
 
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+def row_sums(x):
+    """Sum over the last axis, as a matrix–vector product with ones: XLA:CPU vectorises
+    that, but emits a row reduction as a scalar loop (the step's dot products and norms)."""
+    sums = tf.linalg.matvec(tf.reshape(x, [-1, x.shape[-1]]), tf.ones([x.shape[-1]], x.dtype))
+    return tf.reshape(sums, tf.shape(x)[:-1])
+
+
+def combine_rows(coefficients, r):
+    """Δr_i = Σ_j C_ij r_j for one tuple's rows, using only the non-zero C_ij.
+
+    u takes (u, a), each u′_k takes (a, u′_k) and the anchor takes every row: 4 + 3K
+    products per coordinate instead of (2 + K)².
+    """
+    u, a, negatives = r[:, 0], r[:, 1], r[:, 2:]
+    c = coefficients
+    du = c[:, 0, 0, None] * u + c[:, 0, 1, None] * a
+    da = c[:, 1, 0, None] * u + c[:, 1, 1, None] * a + tf.reduce_sum(c[:, 1, 2:, None] * negatives, axis=1)
+    dneg = c[:, 2:, 1, None] * a[:, None] + tf.linalg.diag_part(c[:, 2:, 2:])[:, :, None] * negatives
+    return tf.concat([du[:, None], da[:, None], dneg], axis=1)
+
+
+def normalise_rows(x: np.ndarray) -> np.ndarray:
+    """Scale the rows of ``x`` to unit length in place (no temporary of x's size); returns x."""
+    x *= (1.0 / np.sqrt(np.einsum("ij,ij->i", x, x)))[:, None]
+    return x
 
 
 def random_unit_rows(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
     """Uniform directions on the sphere (normalised Gaussians: exactly isotropic, unlike a cube)."""
-    return unit_rows(rng.standard_normal((rows, dim), dtype=np.float32))
+    return normalise_rows(rng.standard_normal((rows, dim), dtype=np.float32))
 
 
 # ----------------------------------------------------------------------------- the model
 class JoseModel(tf.Module):
-    """u, v, d as TF variables (created under the strategy's scope) and the compiled trainer."""
+    """One table of rows u | v | d (a TF variable under the strategy's scope) and its trainer.
 
-    def __init__(self, u: np.ndarray, v: np.ndarray, d: np.ndarray, config: JoseConfig,
+    Stored rows are kept unnormalised between renormalisations: a row r with norm n stands
+    for x = r/n, and adding n·Δx makes it n·(x + Δx), whose direction is exactly the
+    retraction normalise(x + Δx) — the reference's step-then-renormalise without a second
+    pass over the touched rows. Tangent steps only lengthen rows, by a factor
+    √(1 + |Δx|²) per hit, so the word rows (hit most) are renormalised after every block
+    and the whole table after every epoch.
+    """
+
+    def __init__(self, table: np.ndarray, words: int, params: JoseParams,
                  strategy: tf.distribute.Strategy | None = None):
         super().__init__(name="jose")
-        self.config = config
-        self.strategy = strategy or STRATEGIES[config.strategy]()
+        self.params = params
+        self.words = words  # rows [0, words) are u, [words, 2·words) v, the rest d
+        self.strategy = strategy or STRATEGIES[params.strategy]()
         with self.strategy.scope():
-            self.u = tf.Variable(u, name="u", dtype=tf.float32)
-            self.v = tf.Variable(v, name="v", dtype=tf.float32)
-            self.d = tf.Variable(d, name="d", dtype=tf.float32)
+            self.table = tf.Variable(table, name="u_v_d", dtype=tf.float32)
         self._train_block = tf.function(self._block_loop, jit_compile=True, reduce_retracing=True)
+        self._renormalise_all = tf.function(lambda: self._renormalise(self.table.shape[0]), jit_compile=True)
+
+    def table_parts(self) -> Iterator[tuple[str, np.ndarray]]:
+        """("u" | "v" | "d", stored rows), one part copied out at a time (unit right after
+        ``renormalise``): a checkpoint never holds a second copy of the whole table."""
+        for name, start, stop in (("u", 0, self.words), ("v", self.words, 2 * self.words),
+                                  ("d", 2 * self.words, self.table.shape[0])):
+            yield name, self.table[start:stop].numpy()
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The unit vectors u, v, d as numpy arrays."""
-        return tuple(unit_rows(t.numpy()) for t in (self.u, self.v, self.d))
+        """The unit vectors u, v, d as numpy arrays (views of one copy of the table)."""
+        t = normalise_rows(self.table.numpy())
+        return t[:self.words], t[self.words:2 * self.words], t[2 * self.words:]
 
-    @staticmethod
-    def _read(table: tf.Variable, rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Gather rows and their norms; the vector a row stands for is row / norm."""
-        x = tf.gather(table, rows)
-        norm = tf.sqrt(tf.reduce_sum(x * x, axis=-1, keepdims=True))
-        return x / norm, norm
+    def step(self, rows, alpha):
+        """One batched Riemannian SGD step on B tuples ``rows`` [B, 2+K]; returns the summed loss."""
+        p = self.params
+        real = rows[:, 1] >= 0  # padding tuples are all −1
+        rows = tf.maximum(rows, 0)
+        r = tf.gather(self.table, rows)  # [B, 2+K, D] stored rows
+        e = r.shape[1]
+        sums = row_sums(tf.concat([r * r, r * r[:, 1:2, :]], axis=1))  # [B, 2(2+K)]: |x_j|², x_j·a
+        norm = tf.sqrt(sums[:, :e])
+        cosine = sums[:, e:] / (norm * norm[:, 1:2])  # cos(x_j, a)
+        word = tf.where(rows[:, 1] < 2 * self.words, rows[:, 1] - self.words, rows[:, 0])  # the position's word
+        keep = (rows[:, 2:] != word[:, None]) & real[:, None]  # the reference skips a negative equal to it
+        coefficients, loss = hinge_coefficients(cosine[:, 0], cosine[:, 2:], keep, alpha, p.margin, p.correction)
+        coefficients *= norm[:, :, None] / norm[:, None, :]  # Δr_i = n_i Σ_j C_ij r_j / n_j
+        delta = combine_rows(coefficients, r)
+        self.table.scatter_add(tf.IndexedSlices(tf.reshape(delta, [-1, p.dim]), tf.reshape(rows, [-1])))
+        return tf.reduce_sum(loss)
 
-    def step(self, center, context, negatives, doc, doc_scale, alpha, valid):
-        """One batched Riemannian SGD step on B tuples; returns the summed hinge loss.
+    def _renormalise(self, rows: int) -> None:
+        """Rescale the first ``rows`` stored rows to unit norm (directions unchanged)."""
+        head = self.table[:rows]
+        self.table[:rows].assign(head * tf.math.rsqrt(row_sums(head * head))[:, None])
 
-        Stored rows are kept unnormalised between renormalisations (``renormalise``): a row
-        r with norm n stands for x = r/n, and adding n·Δ makes it n·(x + Δ), whose direction
-        is exactly the retraction normalise(x + Δ) — so the step is the reference's
-        step-then-renormalise without a second gather/scatter pass over the touched rows.
-        Rows hit several times in a batch get all their deltas summed (each computed from the
-        same read, hence scaled by the same n).
-        """
-        margin = self.config.margin
-        u, u_norm = self._read(self.u, center)  # [B, D] center words (window neighbours)
-        v, v_norm = self._read(self.v, context)  # [B, D] context words (window positions)
-        u_neg, u_neg_norm = self._read(self.u, negatives)  # [B, K, D] negatives, shared by both terms
-        d, d_norm = self._read(self.d, doc)  # [B, D]
-        lr = tf.fill(tf.shape(center), alpha)
-        word_weight = valid[:, None] * tf.cast(negatives != context[:, None], tf.float32)
-        du_w, du_neg_w, dv, loss_w = spherical_hinge_step(v, u, u_neg, word_weight, lr, margin)
-        doc_weight = (valid * doc_scale)[:, None] * tf.cast(negatives != center[:, None], tf.float32)
-        du_d, du_neg_d, dd, loss_d = spherical_hinge_step(d, u, u_neg, doc_weight, lr, margin)
-        self.u.scatter_add(tf.IndexedSlices((du_w + du_d) * u_norm, center))
-        self.u.scatter_add(tf.IndexedSlices(
-            tf.reshape((du_neg_w + du_neg_d) * u_neg_norm, [-1, self.config.dim]), tf.reshape(negatives, [-1])))
-        self.v.scatter_add(tf.IndexedSlices(dv * v_norm, context))
-        self.d.scatter_add(tf.IndexedSlices(dd * d_norm, doc))
-        return tf.reduce_sum(loss_w) + tf.reduce_sum(loss_d)
-
-    def renormalise(self) -> None:
-        """Rescale every stored row to unit norm (directions unchanged); bounds norm growth."""
-        for table in (self.u, self.v, self.d):
-            table.assign(table * tf.math.rsqrt(tf.reduce_sum(table * table, axis=1, keepdims=True)))
-
-    def _block_loop(self, center, context, negatives, doc, doc_scale, alpha, n_valid):
-        """All steps of a block in one compiled while-loop; returns the block's total loss.
-
-        Rows are renormalised every ``RENORM_EVERY`` steps and at the end: norms only grow
-        (tangent steps), by at most a few per cent per hit, so this keeps them far from
-        float32 overflow at a small fraction of the cost of a per-step renormalisation.
-        """
-        steps, batch = tf.shape(center)[0], tf.shape(center)[1]
-
+    def _block_loop(self, rows, alpha):
+        """All steps of a block in one compiled while-loop; returns the block's total loss."""
         def body(i, total):
-            valid = tf.cast(i * batch + tf.range(batch) < n_valid, tf.float32)
-            loss = self.step(center[i], context[i], negatives[i], doc[i], doc_scale[i], alpha[i], valid)
-            tf.cond(i % RENORM_EVERY == RENORM_EVERY - 1, self._renormalise_op, tf.no_op)
-            return i + 1, total + loss
+            return i + 1, total + self.step(rows[i], alpha[i])
 
-        _, total = tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), tf.constant(0.0)))
-        self.renormalise()
+        _, total = tf.while_loop(lambda i, _: i < tf.shape(rows)[0], body, (tf.constant(0), tf.constant(0.0)))
+        self._renormalise(2 * self.words)
         return total
 
-    def _renormalise_op(self):
-        self.renormalise()
-        return tf.no_op()
-
     def train_block(self, block: Block) -> float:
-        loss = self.strategy.run(self._train_block, args=(
-            block.center, block.context, block.negatives, block.doc, block.doc_scale, block.alpha,
-            tf.constant(block.valid, tf.int32)))
-        return float(loss)
+        return float(self.strategy.run(self._train_block, args=(block.rows, block.alpha)))
+
+    def renormalise(self) -> None:
+        """Every stored row to unit norm (end of an epoch: checkpoints hold exact table rows)."""
+        self.strategy.run(self._renormalise_all)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -417,7 +448,8 @@ class Checkpoints:
 
     The npz is written (atomically) before the state that points at it, so a run killed at
     any moment leaves either the previous or the new checkpoint, never a torn one. The
-    per-epoch RNG is derived from (seed, epoch), so the epoch number is the whole RNG state.
+    per-epoch RNG is derived from (seed, epoch) and the learning rate from the epoch, so
+    the epoch number and the table rows are the whole training state.
     """
 
     def __init__(self, directory: str | os.PathLike):
@@ -440,32 +472,48 @@ class Checkpoints:
                         self.directory, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
             return None
 
-    def save(self, epoch: int, fingerprint: str, config: JoseConfig, u, v, d, tokens_trained: int) -> None:
+    def save(self, epoch: int, fingerprint: str, params: JoseParams, parts: Iterator[tuple[str, np.ndarray]],
+             tokens_trained: int) -> None:
+        """Write ``parts`` ((name, rows) of u, v, d) as one npz, each part dropped once written."""
         name = f"epoch-{epoch}.npz"
         with atomic_path(self.directory / name, suffix=".npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, u=u, v=v, d=d)
+            with zipfile.ZipFile(tmp, "w") as z:  # np.savez's layout, written part by part
+                for key, rows in parts:
+                    with z.open(f"{key}.npy", "w", force_zip64=True) as member:
+                        np.lib.format.write_array(member, rows, allow_pickle=False)
         write_json_atomic(self.directory / "state.json", {
-            "epoch": epoch, "file": name, "fingerprint": fingerprint, "seed": config.seed,
-            "tokens_trained": tokens_trained, "config": asdict(config),
+            "epoch": epoch, "file": name, "fingerprint": fingerprint, "seed": params.seed,
+            "tokens_trained": tokens_trained, "params": params.model_dump(mode="json"),
         })
         for old in self.directory.glob("epoch-*.npz"):
             if old.name != name:
                 old.unlink(missing_ok=True)
 
 
-def warm_start_rows(keys: list[str], previous_keys: list[str], previous: np.ndarray, fresh: np.ndarray) -> tuple[np.ndarray, int]:
-    """Rows for ``keys``: the previous run's vector where the key existed, else ``fresh``."""
-    out = fresh.copy()
+def warm_start_rows(rows: np.ndarray, keys: list[str], previous_keys: list[str], previous: np.ndarray) -> int:
+    """Overwrite ``rows`` (one per key, in place) with the previous run's unit vector where the
+    key existed; returns how many did."""
+    if previous.shape[1] != rows.shape[1]:
+        raise ValueError(f"warm start vectors have dim {previous.shape[1]}, config dim is {rows.shape[1]}")
     where = pd.Index(previous_keys).get_indexer(keys)
     hit = where >= 0
-    if previous.shape[1] != fresh.shape[1]:
-        raise ValueError(f"warm start vectors have dim {previous.shape[1]}, config dim is {fresh.shape[1]}")
-    out[hit] = unit_rows(previous[where[hit]])
-    return out, int(hit.sum())
+    rows[hit] = normalise_rows(previous[where[hit]].astype(np.float32))
+    return int(hit.sum())
 
 
 # ----------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class EpochProgress:
+    """What one finished epoch reports (to a log line, a progress bar)."""
+
+    epoch: int  # 1-based
+    epochs: int
+    tokens_per_second: float
+    loss: float  # mean hinge loss per tuple
+    eta_seconds: float
+    seconds: float
+
+
 @dataclass
 class TrainResult:
     u: np.ndarray
@@ -477,70 +525,83 @@ class TrainResult:
     tokens_trained: int
     seconds: float
     losses: list[float] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
 
 
-def configure_threads(threads: int) -> None:
-    """Ask TF for ``threads`` threads; ignored once TF has started (e.g. a warm Dask worker)."""
+def configure_threads() -> None:
+    """One TF thread: the compiled step does not gain from more, and more only spin.
+
+    Ignored once TF has started (e.g. a warm Dask worker); the step stays sequential and
+    deterministic either way. The tuple sampler uses the stage's other thread.
+    """
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:
         pass
 
 
-def train_jose(corpus: Corpus, config: JoseConfig, checkpoint_dir: str | os.PathLike,
+def train_jose(corpus: Corpus, params: JoseParams, checkpoint_dir: str | os.PathLike,
                warm_start: dict[str, tuple[list[str], np.ndarray]] | None = None,
-               progress: Callable[[int, int], None] | None = None,
+               progress: Callable[[EpochProgress], None] | None = None,
                strategy: tf.distribute.Strategy | None = None) -> TrainResult:
     """Train u, v, d; checkpoint after every epoch and resume from the newest checkpoint.
 
     ``warm_start`` maps "u"/"v" to (words, vectors) and "d" to (doc_ids, vectors) of a
     previous run; matching keys start from those vectors, the rest at random.
-    ``progress(tokens_done, tokens_total)`` is called after every block (raw tokens over all
-    epochs, as the reference counts them).
+    ``progress`` gets one ``EpochProgress`` when an epoch's training ends, just before its
+    checkpoint is written (an exception there loses that epoch, as a crash would).
     """
-    configure_threads(config.threads)
+    configure_threads()
     t0 = time.perf_counter()
-    rng = np.random.default_rng([config.seed, 2**31])
-    n_words, n_docs = len(corpus.words), len(corpus.doc_ids)
-    u = random_unit_rows(rng, n_words, config.dim)
-    v = random_unit_rows(rng, n_words, config.dim)
-    d = random_unit_rows(rng, n_docs, config.dim)
-    warm_words = 0
-    if warm_start:
-        if "u" in warm_start:
-            u, warm_words = warm_start_rows(corpus.words, *warm_start["u"], u)
-        if "v" in warm_start:
-            v, _ = warm_start_rows(corpus.words, *warm_start["v"], v)
-        if "d" in warm_start:
-            d, _ = warm_start_rows(corpus.doc_ids, *warm_start["d"], d)
-    fingerprint = sha256_text(config.training_fingerprint(), corpus.fingerprint(),
+    n_words = len(corpus.words)
+    fingerprint = sha256_text(CHECKPOINT_FORMAT, params.training_fingerprint(), corpus.fingerprint(),
                               sha256_text(*(f"{k}:{len(w)}" for k, (w, _) in sorted((warm_start or {}).items()))))
     checkpoints = Checkpoints(checkpoint_dir)
+    # u, v, d drawn in that order as one array: the rows are those of three separate draws
+    table = random_unit_rows(np.random.default_rng([params.seed, 2**31]), 2 * n_words + len(corpus.doc_ids), params.dim)
+    parts = {"u": (table[:n_words], corpus.words), "v": (table[n_words:2 * n_words], corpus.words),
+             "d": (table[2 * n_words:], corpus.doc_ids)}
+    warm_words = 0
+    for name, (previous_keys, previous) in (warm_start or {}).items():
+        hits = warm_start_rows(parts[name][0], parts[name][1], previous_keys, previous)
+        warm_words = hits if name == "u" else warm_words
     first_epoch = 0
     if (restored := checkpoints.load(fingerprint)) is not None:
         first_epoch, arrays = restored
-        u, v, d = arrays["u"], arrays["v"], arrays["d"]
-    model = JoseModel(u, v, d, config, strategy)
-    del u, v, d  # the variables hold them now
-    sampler = TupleSampler(corpus, config)
-    total_tokens = config.epochs * corpus.train_words
+        for name, (rows, _) in parts.items():
+            rows[:] = arrays.pop(name)
+    model = JoseModel(table, n_words, params, strategy)
+    del table, parts  # the variable holds them now
+    release_memory()
+    sampler = TupleSampler(corpus, params)
     losses = []
-    for epoch in range(first_epoch, config.epochs):
-        epoch_loss = 0.0
-        for block in prefetch(sampler.blocks(epoch)):
+    epoch_seconds = []
+    for epoch in range(first_epoch, params.epochs):
+        t_epoch = time.perf_counter()
+        blocks = sampler.blocks(epoch)
+        epoch_loss, tuples = 0.0, 0
+        for block in prefetch(blocks) if params.threads > 1 else blocks:
             epoch_loss += model.train_block(block)
-            if progress is not None:
-                progress(block.tokens_done, total_tokens)
-        losses.append(epoch_loss)
-        checkpoints.save(epoch + 1, fingerprint, config, *model.vectors(), (epoch + 1) * corpus.train_words)
+            tuples += block.tuples
+        model.renormalise()
+        losses.append(epoch_loss / max(tuples, 1))
+        epoch_seconds.append(time.perf_counter() - t_epoch)
+        if progress is not None:
+            progress(EpochProgress(
+                epoch=epoch + 1, epochs=params.epochs, loss=losses[-1], seconds=epoch_seconds[-1],
+                tokens_per_second=corpus.train_words / epoch_seconds[-1],
+                eta_seconds=float(np.mean(epoch_seconds)) * (params.epochs - epoch - 1)))
+        checkpoints.save(epoch + 1, fingerprint, params, model.table_parts(), (epoch + 1) * corpus.train_words)
     u, v, d = model.vectors()
+    del model, sampler  # the variable and the compiled step: freed before outputs are written and evaluated
+    gc.collect()  # tf.function holds bound methods of the model: a reference cycle
+    release_memory()
     return TrainResult(
-        u=u, v=v, d=d, epochs_run=config.epochs - first_epoch, resumed_from_epoch=first_epoch,
-        warm_started_words=warm_words, tokens_trained=(config.epochs - first_epoch) * corpus.train_words,
-        seconds=time.perf_counter() - t0, losses=losses,
+        u=u, v=v, d=d, epochs_run=params.epochs - first_epoch, resumed_from_epoch=first_epoch,
+        warm_started_words=warm_words, tokens_trained=(params.epochs - first_epoch) * corpus.train_words,
+        seconds=time.perf_counter() - t0, losses=losses, epoch_seconds=epoch_seconds,
     )
-
 
 # ----------------------------------------------------------------------------- the stage
 def _label_rows(corpus: Corpus, label_source: str | None) -> np.ndarray:
@@ -570,32 +631,33 @@ def _read_warm_start(directory: str | os.PathLike) -> dict[str, tuple[list[str],
 
 
 def evaluate(u: np.ndarray, words: list[str], d: np.ndarray, corpus: Corpus, tokens_paths: list[str],
-             config: JoseConfig, angles_png: str | os.PathLike | None) -> dict[str, Any]:
+             params: JoseParams, angles_png: str | os.PathLike | None) -> dict[str, Any]:
     """Neighbours of the probe words, angle statistics (+ PNG), doc-vector vs TF-IDF accuracy."""
     from kexue.embed.evaluate import angle_statistics, document_classification, nearest_neighbours, plot_angle_histogram
 
-    metrics: dict[str, Any] = {"neighbours": nearest_neighbours(u, words, config.probe_words)}
-    stats, angles = angle_statistics(u, seed=config.seed)
+    metrics: dict[str, Any] = {"neighbours": nearest_neighbours(u, words, params.probe_words)}
+    stats, angles = angle_statistics(u, seed=params.seed)
     metrics["angles"] = stats
     if angles_png is not None:
         plot_angle_histogram(angles, u.shape[1], angles_png)
-    rows = _label_rows(corpus, config.label_source)
+    rows = _label_rows(corpus, params.label_source)
     labels = [corpus.labels[i] for i in rows]
     if len(set(labels)) >= 2:
         ids = [corpus.doc_ids[i] for i in rows]
         texts = _doc_texts(tokens_paths, set(ids))
-        metrics.update(document_classification(d[rows], [texts[i] for i in ids], labels, seed=config.seed))
+        metrics.update(document_classification(d[rows], [texts[i] for i in ids], labels, seed=params.seed))
     return metrics
 
 
-def train_jose_stage(tokens_paths: list[str], vocab_path: str, out_dir: str, params: dict[str, Any] | None,
+def train_jose_stage(tokens_paths: list[str], vocab_path: str, out_dir: str, params: JoseParams | dict[str, Any] | None,
                      checkpoint_dir: str, warm_start_dir: str | None = None,
-                     progress: Callable[[int, int], None] | None = None, evaluate_vectors: bool = True) -> dict[str, Any]:
+                     progress: Callable[[EpochProgress], None] | None = None, evaluate_vectors: bool = True) -> dict[str, Any]:
     """The ``jose`` stage: train on the tokenise/count artifacts, write vectors, evaluate.
 
     Reads tokens partitions (doc_id, source, label, tokens) and the vocabulary Parquet
-    (token, count, rank, ...); ``params`` are ``JoseConfig`` fields (unknown or invalid keys
-    raise ``ValueError`` naming the key). Resumes from ``checkpoint_dir`` if it holds a
+    (token, count, rank, ...); ``params`` is a ``JoseParams`` or a mapping of its fields
+    (unknown or invalid keys raise ``ValueError`` naming the key); its ``warm_start`` is the
+    caller's business (it decides ``warm_start_dir``). Resumes from ``checkpoint_dir`` if it holds a
     checkpoint of the same config and corpus; ``warm_start_dir`` is a previous stage
     ``out_dir`` whose vectors seed words/documents it knows. Writes into ``out_dir``:
     words.txt / contexts.txt / docs.txt (word2vec text: u, v, d), u.npy, v.npy, d.npy,
@@ -606,10 +668,10 @@ def train_jose_stage(tokens_paths: list[str], vocab_path: str, out_dir: str, par
     """
     from kexue.embed.word2vec import write_word2vec
 
-    config = JoseConfig.from_params(params)
-    corpus = load_corpus(tokens_paths, vocab_path, config.min_count)
+    params = JoseParams.of(params)
+    corpus = load_corpus(tokens_paths, vocab_path, params.min_count)
     warm = _read_warm_start(warm_start_dir) if warm_start_dir else None
-    result = train_jose(corpus, config, checkpoint_dir, warm_start=warm, progress=progress)
+    result = train_jose(corpus, params, checkpoint_dir, warm_start=warm, progress=progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {
@@ -625,14 +687,15 @@ def train_jose_stage(tokens_paths: list[str], vocab_path: str, out_dir: str, par
     }
     metrics: dict[str, Any] = {}
     if evaluate_vectors:
-        metrics = evaluate(result.u, corpus.words, result.d, corpus, tokens_paths, config, out / "angles.png")
+        metrics = evaluate(result.u, corpus.words, result.d, corpus, tokens_paths, params, out / "angles.png")
         files["angles"] = out / "angles.png"
     metrics.update({
         "vocab_size": len(corpus.words), "documents": len(corpus.doc_ids), "corpus_tokens": corpus.train_words,
-        "tokens_trained": result.tokens_trained, "epochs": config.epochs, "epochs_run": result.epochs_run,
+        "tokens_trained": result.tokens_trained, "epochs": params.epochs, "epochs_run": result.epochs_run,
         "resumed_from_epoch": result.resumed_from_epoch, "warm_started_words": result.warm_started_words,
         "seconds": round(result.seconds, 3),
         "tokens_per_second": round(result.tokens_trained / result.seconds, 1) if result.seconds > 0 else None,
-        "epoch_losses": [round(x, 3) for x in result.losses],
+        "epoch_losses": [round(x, 5) for x in result.losses],
+        "epoch_seconds": [round(x, 2) for x in result.epoch_seconds],
     })
     return {"files": {k: str(v) for k, v in files.items()}, "metrics": metrics}
