@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from kexue.embed.jose import JoseConfig, load_corpus, train_jose
+from kexue.embed.jose import JoseParams, load_corpus, train_jose
 from kexue.gan.data import load_images
 from kexue.gan.params import GanRunParams
 from kexue.gan.train import train_gan
@@ -34,10 +34,10 @@ def _one_line_warnings(caplog, needle):
 def test_damaged_jose_epoch_checkpoint_is_detected_and_training_starts_over(tmp_path, caplog):
     tokens_paths, vocab_path, _ = planted_topic_corpus(tmp_path, topics=2, docs_per_topic=8, length=30)
     corpus = load_corpus(tokens_paths, vocab_path, 1)
-    two = JoseConfig.from_params({**SMALL, "epochs": 2, "steps_per_block": 2})
+    two = JoseParams.model_validate({**SMALL, "epochs": 2})
     straight = train_jose(corpus, two, tmp_path / "straight")
 
-    train_jose(corpus, JoseConfig.from_params({**SMALL, "epochs": 2, "steps_per_block": 2}), tmp_path / "ck")
+    train_jose(corpus, two, tmp_path / "ck")
     (npz,) = (tmp_path / "ck").glob("epoch-*.npz")
     _overwrite_middle(npz)
     with caplog.at_level(logging.WARNING):
