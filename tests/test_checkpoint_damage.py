@@ -31,6 +31,7 @@ def _one_line_warnings(caplog, needle):
     return lines
 
 
+@pytest.mark.slow  # trains a TF model for tens of seconds: CI runs it, make test-fast skips it
 def test_damaged_jose_epoch_checkpoint_is_detected_and_training_starts_over(tmp_path, caplog):
     tokens_paths, vocab_path, _ = planted_topic_corpus(tmp_path, topics=2, docs_per_topic=8, length=30)
     corpus = load_corpus(tokens_paths, vocab_path, 1)
@@ -60,6 +61,7 @@ def tiny_images(tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.mark.slow  # trains a TF model for tens of seconds: CI runs it, make test-fast skips it
 def test_damaged_gan_checkpoint_is_detected_and_training_starts_over(tmp_path, tiny_images, caplog):
     p = GanRunParams(width=8, latent_dim=8, batch_size=32, vectorize_seeds=False, jit_compile=False)
     train_gan(tiny_images, str(tmp_path / "run"), p.model_copy(update={"epochs": 1}), [0], str(tmp_path / "ckpt"))

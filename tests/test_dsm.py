@@ -65,6 +65,7 @@ def test_sigma_ladder_is_geometric_from_the_largest_pairwise_distance():
         sigma_ladder(x, levels=4, sigma_min=9.0)
 
 
+@pytest.mark.slow  # trains a TF model for tens of seconds: CI runs it, make test-fast skips it
 def test_learned_score_matches_the_analytic_score_of_a_2d_gaussian_mixture():
     """Trained by DSM on mixture samples, s_θ(x, σ_i) is within a stated relative L2 error
     of the analytic ∇ log p_σ at every level, on points drawn from p_σ.

@@ -254,6 +254,7 @@ def test_gan_trains_checkpoints_and_resumes_equal_to_an_uninterrupted_run(tmp_pa
         train_gan(tiny_images, str(tmp_path / "run"), _tiny(cascades=4, epochs=4), SEEDS, str(tmp_path / "ckpt"))
 
 
+@pytest.mark.slow  # trains a TF model for tens of seconds: CI runs it, make test-fast skips it
 def test_resume_equals_uninterrupted_run_under_the_default_adam(tmp_path, tiny_images):
     """Plain Adam (the pipeline's optimizer) on both sides, seeds one after another."""
     adam = GanRunParams(width=8, latent_dim=8, batch_size=32, vectorize_seeds=False, jit_compile=False)
@@ -274,6 +275,7 @@ def test_a_seed_trains_the_same_alone_as_together_with_others(tmp_path, tiny_ima
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow  # trains a TF model for tens of seconds: CI runs it, make test-fast skips it
 def test_checkpoint_names_what_it_holds(tmp_path, tiny_images):
     train_gan(tiny_images, str(tmp_path / "run"), _tiny(epochs=1), SEEDS, str(tmp_path / "ckpt"))
     (prefix,) = {p.with_suffix("") for p in (tmp_path / "ckpt" / "seeds-3-4").glob("ckpt-*.index")}
@@ -291,6 +293,7 @@ def test_checkpoint_names_what_it_holds(tmp_path, tiny_images):
         GanCheckpoint(tmp_path / "ckpt" / "seeds-3-4", other).restore(run_identity(_tiny(epochs=1)))
 
 
+@pytest.mark.slow  # trains a TF model for tens of seconds: CI runs it, make test-fast skips it
 def test_train_step_runs_under_a_distribution_strategy(tiny_images):
     x = np.load(tiny_images)[:64]
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])

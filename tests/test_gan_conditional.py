@@ -6,6 +6,7 @@ os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 import keras
 import numpy as np
+import pytest
 
 from kexue.gan.cascading import CascadingRejection
 
@@ -51,10 +52,9 @@ def test_one_conditional_cascade_is_the_projection_discriminator_and_round_trips
     assert twin.n_classes == 3 and twin.cascades == 1
 
 
+@pytest.mark.slow  # trains a TF model for tens of seconds: CI runs it, make test-fast skips it
 def test_conditional_gan_trains_on_labels_resumes_and_its_sampler_draws_classes(tmp_path):
     """train_gan with conditional: true: G(z, y) and the projection D; resumed == straight; labels are required."""
-    import pytest
-
     from kexue.gan.data import load_images
     from kexue.gan.eval.cost import generator_sampler
     from kexue.gan.params import GanRunParams

@@ -56,6 +56,7 @@ def noisy_metrics(trained, halves):
 
 # ----------------------------------------------------------------------------- classifier
 
+@pytest.mark.slow  # trains a TF model for tens of seconds: CI runs it, make test-fast skips it
 def test_classifier_reaches_97_percent_held_out(trained):
     _, info = trained
     assert info["label_source"] == "labels"
@@ -64,6 +65,7 @@ def test_classifier_reaches_97_percent_held_out(trained):
     assert info["held_out_accuracy"] >= 0.97
 
 
+@pytest.mark.slow  # trains a TF model for tens of seconds: CI runs it, make test-fast skips it
 def test_feature_model_round_trips_through_keras_file_in_safe_mode(trained, digits, tmp_path):
     model, _ = trained
     x, _ = digits
@@ -114,6 +116,7 @@ def test_other_image_sizes_get_a_deeper_network(digits):
 
 # ----------------------------------------------------------------------------- FID
 
+@pytest.mark.slow  # trains a TF model for tens of seconds: CI runs it, make test-fast skips it
 def test_fid_of_a_set_against_itself_is_zero(trained, digits):
     model, _ = trained
     x, _ = digits
@@ -122,6 +125,7 @@ def test_fid_of_a_set_against_itself_is_zero(trained, digits):
     assert row["precision"] == 1.0 and row["recall"] == 1.0
 
 
+@pytest.mark.slow  # trains a TF model for tens of seconds: CI runs it, make test-fast skips it
 def test_fid_grows_monotonically_with_added_noise(noisy_metrics):
     fids = [noisy_metrics[s]["fid"] for s in NOISE_LEVELS]
     assert fids[0] < 5.0  # two halves of the real data: the floor
@@ -129,6 +133,7 @@ def test_fid_grows_monotonically_with_added_noise(noisy_metrics):
     assert fids[-1] > 5 * fids[0]
 
 
+@pytest.mark.slow  # trains a TF model for tens of seconds: CI runs it, make test-fast skips it
 def test_fid_of_uniform_noise_is_far_from_real(trained, halves):
     model, _ = trained
     _, b = halves
@@ -160,6 +165,7 @@ def test_frechet_distance_handles_a_rank_deficient_covariance():
 
 # ----------------------------------------------------------------------------- KID / IS / P&R
 
+@pytest.mark.slow  # trains a TF model for tens of seconds: CI runs it, make test-fast skips it
 def test_kid_is_near_zero_for_two_halves_and_grows_with_noise(noisy_metrics):
     kids = [noisy_metrics[s]["kid"] for s in NOISE_LEVELS]
     assert abs(kids[0]) < 0.1 * kids[-1]
@@ -183,6 +189,7 @@ def test_inception_score_bounds():
     assert metrics.inception_score(np.full((100, 10), 0.1)) == pytest.approx(1.0)
 
 
+@pytest.mark.slow  # trains a TF model for tens of seconds: CI runs it, make test-fast skips it
 def test_real_digits_score_near_ten_classes_and_noise_lower(noisy_metrics):
     assert noisy_metrics[0.0]["inception_score"] > 9.0
     assert noisy_metrics[0.8]["inception_score"] < noisy_metrics[0.0]["inception_score"]
@@ -206,10 +213,12 @@ def test_precision_recall_of_a_collapsed_generator():
     assert recall < 0.2
 
 
+@pytest.mark.slow  # trains a TF model for tens of seconds: CI runs it, make test-fast skips it
 def test_noise_lowers_precision(noisy_metrics):
     assert noisy_metrics[0.8]["precision"] < noisy_metrics[0.0]["precision"] - 0.3
 
 
+@pytest.mark.slow  # trains a TF model for tens of seconds: CI runs it, make test-fast skips it
 def test_eval_fn_rows_carry_step_and_every_metric(noisy_metrics):
     row = noisy_metrics[0.2]
     assert row["step"] == 2
@@ -292,6 +301,7 @@ def test_compare_variants_without_enough_seeds_reports_no_p_value(tmp_path):
         compare.compare_variants(records, tmp_path, baseline="plain")
 
 
+@pytest.mark.slow  # trains a TF model for tens of seconds: CI runs it, make test-fast skips it
 def test_eval_fn_during_training_measures_only_the_cheap_metrics(trained, halves):
     model, _ = trained
     a, b = halves
