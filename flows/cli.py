@@ -65,15 +65,19 @@ def run(
     profile: str = typer.Option("local", "--profile", "-p", help="local | cluster | ci | path to a profile YAML"),
     set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="override stage.param=value (YAML value); repeatable"),
     stages: Optional[str] = typer.Option(None, "--stages", help="comma-separated stages (their upstream stages run too, from cache)"),
+    always_run_flow: bool = typer.Option(False, "--always-run-flow",
+                                         help="run the Prefect flow even when every stage is up to date"),
 ) -> None:
     """Run the pipeline (or some stages) and write data/runs/<run-id>/summary.json."""
     overrides = list(set_ or [])
     cfg = _load(config, profile, overrides)
+    wanted = [s.strip() for s in stages.split(",")] if stages else None
+    if not always_run_flow and _up_to_date(cfg, wanted):
+        return
     from flows import runtime
 
     runtime.prepare(cfg)  # before importing prefect: settings are read at import time
     stop_on_signals()
-    wanted = [s.strip() for s in stages.split(",")] if stages else None
     api = cfg.profile.prefect
     if api.api == "url" and api.api_url:
         os.environ["PREFECT_API_URL"] = api.api_url
@@ -82,7 +86,8 @@ def run(
     embed = api.api == "embedded" or (api.api == "environment" and not os.environ.get("PREFECT_API_URL"))
     try:
         with runtime.run_services(cfg, embed) as services:  # the API and the cluster start side by side...
-            from flows.pipeline import new_run_id, pipeline  # ...while this process imports Prefect
+            from flows.pipeline import pipeline  # ...while this process imports Prefect
+            from flows.record import new_run_id
 
             run_id = new_run_id()
             console.print(f"kexue run [bold]{run_id}[/bold]  profile={cfg.profile_name}  artifacts={cfg.data_dir}")
@@ -97,6 +102,32 @@ def run(
         raise typer.Exit(1)
     run_dir = Path(summary["run_dir"])
     console.print(f"[green]completed[/green]  summary: {run_dir / 'summary.json'}")
+
+
+def _up_to_date(cfg, wanted: list[str] | None) -> bool:
+    """Answer the run without Prefect or Dask if every selected stage is up to date (``flows.uptodate``)."""
+    from flows import uptodate
+    from flows.record import new_run_id
+    from flows.registry import selected_stages
+    from kexue.core.dag import check_dag
+
+    try:
+        selected = selected_stages(cfg, wanted)
+    except ConfigError as e:
+        console.print(f"[red]config error[/red]\n{e}")
+        raise typer.Exit(2)
+    order = check_dag({n: s.upstream for n, s in cfg.pipeline.stages.items()}, cfg.pipeline_path)
+    run_id = new_run_id()
+    record = uptodate.record_if_up_to_date(cfg, selected, order, run_id)
+    if record is None:
+        return False
+    done = [s["name"] for s in record.data["stages"]]
+    console.print(f"kexue run [bold]{run_id}[/bold]  profile={cfg.profile_name}  artifacts={cfg.data_dir}")
+    console.print(f"up to date: {', '.join(done)} (recorded results, every file intact: no Prefect flow run "
+                  "or Dask cluster needed; --always-run-flow runs the flow anyway)")
+    console.print(f"Report: {record.dir / 'report.html'}")
+    console.print(f"[green]completed[/green]  summary: {record.dir / 'summary.json'}")
+    return True
 
 
 @app.command()

@@ -14,21 +14,19 @@ import dataclasses
 import datetime as dt
 import threading
 import traceback
-import uuid
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.context import get_run_context
 
-from flows import interrupt, publish, runtime
+from flows import interrupt, publish, runtime, uptodate
 from flows.progress import RunProgress
 from flows import registry
-from flows.stages import RUNNERS, StageContext, summarize_files
-from kexue.core.artifacts import write_bytes_atomic, write_json_atomic
+from flows.record import RunRecord, new_run_id, summarize_files
+from flows.stages import RUNNERS, StageContext
 from kexue.core.config import Config
-from kexue.core.dag import NodeResult, check_dag, execute, with_upstream
-from kexue.report import write_report
+from kexue.core.dag import NodeResult, check_dag, execute
 from tasks.caching import Store
 
 
@@ -37,47 +35,6 @@ def load(config: str, profile: str, overrides: list[str] | None) -> Config:
 
 
 RUNNING: set[str] = set()  # stages running now in this process (the CLI names them when interrupted)
-
-
-def new_run_id() -> str:
-    return dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-
-
-class RunRecord:
-    """The run summary, rewritten atomically after every stage."""
-
-    def __init__(self, cfg: Config, run_id: str, selected: list[str]):
-        self.dir = cfg.data_dir / "runs" / run_id
-        self.latest = cfg.data_dir / "runs" / "latest"
-        self.data: dict[str, Any] = {
-            "run_id": run_id,
-            "status": "running",
-            "started": dt.datetime.now().isoformat(timespec="seconds"),
-            "finished": None,
-            "profile": cfg.profile_name,
-            "pipeline": cfg.pipeline_path,
-            "data_dir": str(cfg.data_dir),
-            "run_dir": str(self.dir),
-            "stages_selected": selected,
-            "dashboard": None,
-            "flow_run_id": None,
-            "workers": [],
-            "stages": [],
-            "config": cfg.raw,
-        }
-
-    def save(self) -> Path:
-        path = write_json_atomic(self.dir / "summary.json", self.data)
-        self.latest.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.latest / "summary.json", self.data)
-        write_json_atomic(self.latest / "run.json", {"run_id": self.data["run_id"], "run_dir": str(self.dir)})
-        return path
-
-    def stage(self, order: list[str], **entry: Any) -> None:
-        """Record a finished stage; the list keeps pipeline.yaml's order, whatever finished first."""
-        self.data["stages"].append(entry)
-        self.data["stages"].sort(key=lambda s: order.index(s["name"]))
-        self.save()
 
 
 @flow(name="stages")
@@ -103,6 +60,7 @@ def stages(config: str, profile: str, overrides: list[str], selected: list[str],
 
     order = check_dag({n: s.upstream for n, s in cfg.pipeline.stages.items()}, cfg.pipeline_path)
     dag = {n: cfg.pipeline.stages[n].upstream for n in order if n in selected}
+    keys = uptodate.stage_keys(cfg, list(dag))  # completed stages are recorded under these (flows.uptodate)
     store = Store(data_dir=str(cfg.data_dir), base_dir=str(Path(cfg.pipeline_path).parent))
     lock = threading.Lock()
     with board:
@@ -138,6 +96,7 @@ def stages(config: str, profile: str, overrides: list[str], selected: list[str],
             with lock:
                 record.stage(order, **entry)
             if result.status == "completed":
+                uptodate.remember(cfg.data_dir, keys[name], result.value.manifest)
                 publish.stage(entry)
                 for key, (rows, description) in result.value.tables.items():
                     publish.table(f"{name}-{key}", rows, description)
@@ -146,11 +105,7 @@ def stages(config: str, profile: str, overrides: list[str], selected: list[str],
 
         results = execute(dag, run_stage, finished)
     failed = [n for n in dag if results[n].status == "failed"]
-    record.data["status"] = "failed" if failed else "completed"
-    record.data["finished"] = dt.datetime.now().isoformat(timespec="seconds")
-    record.save()
-    report = write_report(record.dir)
-    write_bytes_atomic(record.latest / "report.html", report.read_bytes())
+    report = record.close("failed" if failed else "completed")
     board.line(f"Report: {report}")
     if failed:
         raise RuntimeError(f"stage {failed[0]!r} failed; see {record.dir / 'summary.json'}. "
@@ -184,14 +139,7 @@ def pipeline(config: str = "pipeline.yaml", profile: str = "local", overrides: l
     interrupt.rearm()
     overrides = list(overrides or [])
     cfg = load(config, profile, overrides)  # fails here, before any work, on a bad key
-    inputs = {n: s.upstream for n, s in cfg.pipeline.stages.items()}
-    wanted = stages_to_run or [n for n, s in cfg.pipeline.stages.items() if s.enabled]
-    unknown = [s for s in wanted if s not in inputs]
-    if unknown:
-        from kexue.core.errors import ConfigError, did_you_mean
-
-        raise ConfigError(f"--stages: unknown stage {unknown[0]!r}" + did_you_mean(unknown[0], inputs))
-    selected = sorted(with_upstream(inputs, wanted))
+    selected = registry.selected_stages(cfg, stages_to_run)
     runtime.prepare(cfg)
     runner = runtime.task_runner(cfg.profile.dask, dask_address)
     return stages.with_options(task_runner=runner)(config, profile, overrides, selected, run_id or new_run_id())

@@ -85,3 +85,16 @@ def load(config: str | Path = "pipeline.yaml", profile: str | Path = "local", ov
             except ValueError as e:
                 raise ConfigError(f"{cfg.pipeline_path}: stages.{name}.params.{e}") from None
     return cfg
+
+
+def selected_stages(cfg: Config, wanted: list[str] | None) -> list[str]:
+    """The stages a run of ``wanted`` (None: every enabled stage) runs: those and their upstream."""
+    from kexue.core.dag import with_upstream
+    from kexue.core.errors import did_you_mean
+
+    inputs = {n: s.upstream for n, s in cfg.pipeline.stages.items()}
+    wanted = wanted or [n for n, s in cfg.pipeline.stages.items() if s.enabled]
+    unknown = [s for s in wanted if s not in inputs]
+    if unknown:
+        raise ConfigError(f"--stages: unknown stage {unknown[0]!r}" + did_you_mean(unknown[0], inputs))
+    return sorted(with_upstream(inputs, wanted))

@@ -208,11 +208,3 @@ def run_gan_eval(ctx: StageContext, params: GanEvalParams, inputs: Inputs) -> St
 Runner = Callable[[StageContext, Any, Inputs], StageOutcome]
 
 RUNNERS: dict[str, Runner] = registry.bind_runners(globals())  # fails on import if the registry disagrees
-
-
-def summarize_files(manifest: Manifest) -> dict[str, Any]:
-    files: dict[str, Any] = {k: v.path for k, v in manifest.files.items()}
-    if manifest.partitions:
-        files["partitions"] = [p.path for p in manifest.partitions]
-    return files
-

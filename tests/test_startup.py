@@ -66,7 +66,8 @@ def test_kexue_run_starts_and_stops_its_cluster_without_waiting(tmp_path):
                        "set:\n  ingest.sources: [{source: 'builtin:reviews', limit: 300}]\n")
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
     env.pop("PREFECT_API_URL", None)  # the CLI embeds its API
-    cmd = [str(BIN / "kexue"), "run", "--config", str(ROOT / "pipeline.yaml"), "--profile", str(profile), "--stages", "count"]
+    cmd = [str(BIN / "kexue"), "run", "--config", str(ROOT / "pipeline.yaml"), "--profile", str(profile), "--stages", "count",
+           "--always-run-flow"]  # the second run is all cached: without the flag it would start no cluster
     for _ in range(2):
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
