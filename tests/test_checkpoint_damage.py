@@ -80,3 +80,23 @@ def test_damaged_gan_checkpoint_is_detected_and_training_starts_over(tmp_path, t
     straight = keras.saving.load_model(tmp_path / "straight" / "s0" / "generator.keras", safe_mode=True)
     for a, b in zip(trained_again.get_weights(), straight.get_weights()):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow  # trains a TF model for seconds: CI runs it, make test-fast skips it
+def test_damaged_score_model_checkpoint_is_detected_and_training_starts_over(tmp_path, tiny_images, caplog):
+    from test_dsm import TINY
+
+    from kexue.gan.dsm import train_dsm
+
+    train_dsm(tiny_images, str(tmp_path / "run"), {**TINY, "steps": 4}, 0, str(tmp_path / "ckpt"))
+    (data,) = (tmp_path / "ckpt").rglob("ckpt-*.data-*")
+    _overwrite_middle(data)
+    with caplog.at_level(logging.WARNING):
+        again = train_dsm(tiny_images, str(tmp_path / "run"), {**TINY, "steps": 8}, 0, str(tmp_path / "ckpt"))
+    (line,) = _one_line_warnings(caplog, "score-model checkpoint")
+    assert "damaged" in line and "ckpt-" in line
+    assert again["metrics"]["resumed_from_step"] == 0 and again["metrics"]["step"] == 8
+
+    straight = train_dsm(tiny_images, str(tmp_path / "straight"), {**TINY, "steps": 8}, 0, str(tmp_path / "ckpt_straight"))
+    for a, b in zip(np.load(again["files"]["samples_final"]), np.load(straight["files"]["samples_final"])):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)  # trained again from step 0, not from damaged weights

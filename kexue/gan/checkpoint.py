@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from kexue.gan.cascade_gan import CascadeGAN
+from kexue.gan.damage import checkpoint_damage
 from kexue.optim.wrapper import OptimizerWrapper
 
 
@@ -81,19 +82,8 @@ class GanCheckpoint:
         return self.manager.latest_checkpoint is not None
 
     def damage(self) -> str | None:
-        """Why the newest checkpoint cannot be trusted (None when every tensor reads back).
-
-        Reading each tensor checks its stored CRC-32C, so truncated or overwritten bytes show
-        here, before ``restore`` has assigned anything (a failed restore would leave the
-        model half-loaded).
-        """
-        try:
-            reader = tf.train.load_checkpoint(self.manager.latest_checkpoint)
-            for name in reader.get_variable_to_shape_map():
-                reader.get_tensor(name)
-        except (tf.errors.OpError, ValueError, OSError) as e:
-            return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        return None
+        """Why the newest checkpoint cannot be trusted (None when every tensor reads back)."""
+        return checkpoint_damage(self.manager.latest_checkpoint)
 
     def save(self, state: dict[str, Any], best: dict[int, dict[str, np.ndarray]]) -> None:
         """Write every variable, ``best`` and the JSON ``state`` as the newest checkpoint."""

@@ -45,6 +45,7 @@ Choices, and why:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -59,8 +60,11 @@ from keras import ops
 
 from kexue.core.artifacts import atomic_path, save_npy_atomic, stable_json, write_json_atomic
 from kexue.core.seeding import SeedStream
+from kexue.gan.damage import checkpoint_damage
 from kexue.gan.params import DSM_VARIANT, DsmParams
 from kexue.optim import build_optimizer
+
+log = logging.getLogger(__name__)
 
 # Params that change what is trained: a checkpoint only resumes a run with the same values.
 _IDENTITY_KEYS = ("batch_size", "body", "width", "depth", "levels", "sigma_max", "sigma_min", "optimizer")
@@ -409,12 +413,15 @@ class _DsmCheckpoint:
         self.manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=1)
 
     def restore(self, identity: dict[str, Any]) -> dict[str, Any] | None:
-        """The saved run state after restoring every variable, or None without a checkpoint.
+        """The saved run state after restoring every variable, or None without a usable checkpoint.
 
         The run state is read first: a checkpoint of another run is refused before any shape clash.
         """
         path = self.manager.latest_checkpoint
         if not path:
+            return None
+        if (damage := checkpoint_damage(path)) is not None:  # start over rather than train on from damaged weights
+            log.warning("score-model checkpoint %s is damaged (%s); training again from step 0", path, damage)
             return None
         tf.train.Checkpoint(state=self.state).read(path).expect_partial()
         state = json.loads(self.state.numpy().decode())
