@@ -110,21 +110,20 @@ def run_tokenize(ctx: StageContext, params: TokenizeParams, inputs: Inputs) -> S
 
 def run_count(ctx: StageContext, params: CountParams, inputs: Inputs) -> StageOutcome:
     tokens = inputs["tokens"]
-    level: list = [ref for key, ref in sorted(tokens.files.items()) if key.startswith("counts/")]
-    merges: list[PrefectFuture] = []
-    while len(level) > params.merge_fanin:  # a tree of merges on the cluster: no task ever holds every partial
-        level = [ctx.submit(merge_counts_task, ctx.store, level[i:i + params.merge_fanin])
-                 for i in range(0, len(level), params.merge_fanin)]
-        merges += level
+    partials = [ref for key, ref in sorted(tokens.files.items()) if key.startswith("counts/")]
+    # a tree of merges on the cluster down to merge_fanin partials: no task ever holds every one
+    level, merges = tree_reduce(ctx, merge_counts_task, partials, fanin=params.merge_fanin, until=params.merge_fanin)
     vocab = ctx.submit(vocabulary_task, ctx.store, level)
     wait(ctx, merges + [vocab], f"count {len(tokens.partitions)} partitions")
     return StageOutcome(vocab.result(), all_cached(merges + [vocab]))
 
 
-def tree_reduce(ctx: StageContext, task, leaves: list[PrefectFuture], fanin: int = 2) -> tuple[PrefectFuture, list[PrefectFuture]]:
-    """Merge futures pairwise (or ``fanin``-wise) on the cluster; return the root and the merge futures."""
+def tree_reduce(ctx: StageContext, task, leaves: list, fanin: int = 2, until: int = 1) -> tuple[list, list[PrefectFuture]]:
+    """Merge ``leaves`` (futures or values) ``fanin`` at a time on the cluster, level by level,
+    until at most ``until`` are left; return those and the merge futures. A group of one
+    passes to the next level unmerged."""
     level, merges = list(leaves), []
-    while len(level) > 1:
+    while len(level) > until:
         nxt = []
         for i in range(0, len(level), fanin):
             group = level[i:i + fanin]
@@ -134,7 +133,7 @@ def tree_reduce(ctx: StageContext, task, leaves: list[PrefectFuture], fanin: int
                 nxt.append(ctx.submit(task, ctx.store, group))
                 merges.append(nxt[-1])
         level = nxt
-    return level[0], merges
+    return level, merges
 
 
 def run_graph(ctx: StageContext, params: GraphParams, inputs: Inputs) -> StageOutcome:
@@ -147,7 +146,7 @@ def run_graph(ctx: StageContext, params: GraphParams, inputs: Inputs) -> StageOu
     if params.source == "cooccurrence":
         parts = list(ctx.map(cooccurrence_partition_task, store=unmapped(ctx.store), tokens=inputs["tokens"].partitions,
                                                      vocabulary=unmapped(vocab), params=unmapped(params)))
-        total, merges = tree_reduce(ctx, cooccurrence_merge_task, parts)
+        (total,), merges = tree_reduce(ctx, cooccurrence_merge_task, parts)
         futures += parts + merges
     build = ctx.submit(graph_build_task, ctx.store, total, vocab, params, jose)
     futures.append(build)
