@@ -309,3 +309,29 @@ def test_eval_fn_during_training_measures_only_the_cheap_metrics(trained, halves
     row = eval_fn(a, step=7, full=False)
     assert set(row) == {"step", *metrics.TRAINING_KEYS}
     assert row["fid"] == pytest.approx(eval_fn(a, step=7)["fid"])  # the same FID as the full evaluation
+
+
+def test_timing_many_generators_back_to_back_logs_no_retracing_warning(tmp_path):
+    """Each generator's sampler traces once; TensorFlow must not call that "retracing" (it did
+    with one lambda shared by every sampler, and printed the warning at the end of each run)."""
+    import logging
+
+    from kexue.gan.eval.cost import generator_sampler
+    from kexue.gan.models import make_generator
+
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = Collect()
+    logging.getLogger("tensorflow").addHandler(handler)
+    try:
+        for seed in range(7):  # TensorFlow warns from the 5th trace of one function on
+            path = tmp_path / f"g{seed}.keras"
+            make_generator((8, 8, 1), 8, 8, seed=seed).save(path)
+            assert generator_sampler(path)(16).shape == (16, 8, 8, 1)
+    finally:
+        logging.getLogger("tensorflow").removeHandler(handler)
+    assert not [m for m in messages if "retracing" in m]

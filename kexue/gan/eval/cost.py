@@ -8,6 +8,7 @@ ratio means something (the absolute seconds still depend on the machine and its 
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -33,6 +34,10 @@ def seconds_per_1000(sample: Callable[[int], np.ndarray], n: int = 1000, repeats
     return 1000.0 * best / n
 
 
+def _forward(generator: keras.Model, inputs):
+    return generator(inputs, training=False)
+
+
 def generator_sampler(path: str | Path, seed: int = 0) -> Callable[[int], np.ndarray]:
     """``sample(n)``: n images from the ``.keras`` generator at ``path`` (one compiled pass, z ~ N(0, I)).
 
@@ -43,7 +48,9 @@ def generator_sampler(path: str | Path, seed: int = 0) -> Callable[[int], np.nda
     generator = keras.saving.load_model(path, safe_mode=True, compile=False)
     latent_dim = int(generator.inputs[0].shape[-1])
     rng = np.random.default_rng(seed)
-    forward = tf.function(lambda inputs: generator(inputs, training=False), reduce_retracing=True)
+    # a partial, not a lambda: TensorFlow counts traces per code object, so one lambda shared by
+    # every variant's sampler (each rightly traced once) would be reported as "retracing"
+    forward = tf.function(functools.partial(_forward, generator), reduce_retracing=True)
     embeddings = [layer for layer in generator.layers if isinstance(layer, keras.layers.Embedding)]
 
     def sample(n: int) -> np.ndarray:
