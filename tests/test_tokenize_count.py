@@ -125,3 +125,17 @@ def test_partition_tokens_and_exact_counts(tmp_path, monkeypatch):
     assert flags["，"] == (True, True) or flags["，"][1]
     assert flags["的"][0] and not flags["的"][1]
     assert flags["经济"] == (False, False)
+
+
+def test_tokens_array_equals_arrow_from_python_lists_on_a_corpus_and_the_edge_cases():
+    import pyarrow as pa
+
+    from itertools import islice
+
+    texts = [r.text for r in islice(reviews(), 3000)]
+    docs = [make_segmenter(TokenizeParams())(t) for t in texts]
+    edge_docs, edge_texts = [[], [""], ["x", "", "y"], ["a"]], ["", " ", "x y", "a"]
+    for d, t in ((docs, texts), (docs + edge_docs, texts + edge_texts), (edge_docs, edge_texts + ["\x1f"])):
+        got = ktok.tokens_array(d, t)
+        assert got.type == ktok.TOKENS_TYPE and got.null_count == 0
+        assert got.equals(pa.array(d, ktok.TOKENS_TYPE))

@@ -25,7 +25,6 @@ from typing import Any
 import keras
 import numpy as np
 import scipy.linalg
-import scipy.spatial.distance
 
 from kexue.gan.eval.features import embed, feature_extractor
 
@@ -107,15 +106,29 @@ def kernel_inception_distance(
     for s in range(n_subsets):
         x = feats1[rng.choice(len(feats1), m, replace=False)]
         y = feats2[rng.choice(len(feats2), m, replace=False)]
-        k_xx = (x @ x.T / d + 1.0) ** 3
-        k_yy = (y @ y.T / d + 1.0) ** 3
-        k_xy = (x @ y.T / d + 1.0) ** 3
+        k_xx, k_yy, k_xy = (_cubed(a @ b.T / d + 1.0) for a, b in ((x, x), (y, y), (x, y)))
         estimates[s] = (
             (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
             + (k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
             - 2.0 * k_xy.mean()
         )
     return float(estimates.mean()), float(estimates.std())
+
+
+def _cubed(k: np.ndarray) -> np.ndarray:
+    """k³ in place, by two multiplications: ``** 3`` calls pow per element, several times slower."""
+    k3 = k * k
+    k3 *= k
+    return k3
+
+
+def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """‖a_i − b_j‖² for every pair, as ‖a‖² + ‖b‖² − 2ab: one matrix product (BLAS), several
+    times faster than ``cdist``; in float64, clipped at 0 against rounding."""
+    a, b = a.astype(np.float64, copy=False), b.astype(np.float64, copy=False)
+    d2 = np.einsum("ij,ij->i", a, a)[:, None] + np.einsum("ij,ij->i", b, b)[None, :]
+    d2 -= 2.0 * (a @ b.T)
+    return np.maximum(d2, 0.0, out=d2)
 
 
 def inception_score(probs: np.ndarray, eps: float = 1e-12) -> float:
@@ -131,8 +144,8 @@ def _kth_neighbour_radii(feats: np.ndarray, k: int, batch: int) -> np.ndarray:
         raise ValueError(f"need more than k={k} samples for the k-NN manifold")
     radii = np.empty(len(feats))
     for start in range(0, len(feats), batch):
-        d = scipy.spatial.distance.cdist(feats[start : start + batch], feats)
-        radii[start : start + batch] = np.partition(d, k, axis=1)[:, k]
+        d2 = _squared_distances(feats[start : start + batch], feats)
+        radii[start : start + batch] = np.sqrt(np.partition(d2, k, axis=1)[:, k])
     return radii
 
 
@@ -140,8 +153,8 @@ def _share_inside(query: np.ndarray, ref: np.ndarray, ref_radii: np.ndarray, bat
     """Share of ``query`` points inside at least one ball (ref_i, radius_i)."""
     inside = 0
     for start in range(0, len(query), batch):
-        d = scipy.spatial.distance.cdist(query[start : start + batch], ref)
-        inside += int(np.count_nonzero((d <= ref_radii[None, :]).any(axis=1)))
+        d2 = _squared_distances(query[start : start + batch], ref)
+        inside += int(np.count_nonzero((d2 <= np.square(ref_radii)[None, :]).any(axis=1)))
     return inside / len(query)
 
 
