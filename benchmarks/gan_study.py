@@ -51,6 +51,14 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "w8": {"width": 8},
     "b32": {"batch_size": 32},
     "lr5e-4": {"d_optimizer": {**ADAM, "learning_rate": 5e-4}, "g_optimizer": {**ADAM, "learning_rate": 5e-4}},
+    "b32_lr4e-4": {"batch_size": 32, "d_optimizer": {**ADAM, "learning_rate": 4e-4},
+                   "g_optimizer": {**ADAM, "learning_rate": 4e-4}},
+    "b32_lr8e-4": {"batch_size": 32, "d_optimizer": {**ADAM, "learning_rate": 8e-4},
+                   "g_optimizer": {**ADAM, "learning_rate": 8e-4}},
+    "b32_lr6e-4": {"batch_size": 32, "d_optimizer": {**ADAM, "learning_rate": 6e-4},
+                   "g_optimizer": {**ADAM, "learning_rate": 6e-4}},
+    "b16_lr4e-4": {"batch_size": 16, "d_optimizer": {**ADAM, "learning_rate": 4e-4},
+                   "g_optimizer": {**ADAM, "learning_rate": 4e-4}},
     "ttur": {"d_optimizer": {**ADAM, "learning_rate": 4e-4}, "g_optimizer": {**ADAM, "learning_rate": 1e-4}},
     "separate": {"vectorize_seeds": False},  # the seeds one after another, same model
     # issue 14's optimizer composition on both sides: layer adaptation + Lookahead + a linear

@@ -178,11 +178,9 @@ def run_images(ctx: StageContext, params: ImagesParams, inputs: Inputs) -> Stage
 def run_gan(ctx: StageContext, params: GanTrainParams, inputs: Inputs) -> StageOutcome:
     images, spec = inputs["images"], params
     feature = ctx.submit(feature_net_task, ctx.store, images, spec.feature_net)
-    # one Dask task per variant training its seeds together (vectorize_seeds), else one per
-    # (variant, seed); the tasks run in parallel across the workers
-    runs = spec.runs()
-    jobs = [(variant, seeds) for variant, p in runs.items()
-            for seeds in ([spec.seeds] if p.vectorize_seeds else [[s] for s in spec.seeds])]
+    # one Dask task per group of a variant's seeds trained together (vectorize_seeds), else one
+    # per (variant, seed); the tasks run in parallel across the workers
+    runs, jobs = spec.runs(), spec.jobs()
     futures = [ctx.submit(gan_run_task, ctx.store, images, feature, variant, runs[variant], seeds) for variant, seeds in jobs]
     if spec.dsm is not None:  # the score model beside the GAN: one task per seed
         jobs += [(DSM_VARIANT, [seed]) for seed in spec.seeds]

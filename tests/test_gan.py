@@ -422,3 +422,15 @@ def test_folder_source_labels_subfolders_and_quarantines_bad_files(tmp_path):
     assert np.load(out["files"]["images"]).shape == (5, 8, 8, 1)
     np.testing.assert_array_equal(np.load(out["files"]["labels"]), [0, 0, 1, 1, 1])
     assert len(json.loads(Path(out["files"]["quarantine"]).read_text())["quarantined"]) == 3
+
+
+def test_seeds_split_into_tasks_of_at_most_seeds_per_task():
+    from kexue.gan.params import GanTrainParams
+
+    spec = GanTrainParams.model_validate({"variants": {"cr1": {"cascades": 1}, "cr4": {"cascades": 4}},
+                                          "seeds": [0, 1, 2, 3, 4], "seeds_per_task": 3})
+    assert spec.jobs() == [("cr1", [0, 1, 2]), ("cr1", [3, 4]), ("cr4", [0, 1, 2]), ("cr4", [3, 4])]
+    assert GanTrainParams.model_validate({"variants": {"cr1": {}}, "seeds": [0, 1]}).jobs() == [("cr1", [0, 1])]
+    separate = GanTrainParams.model_validate({"variants": {"cr1": {"vectorize_seeds": False}}, "seeds": [0, 1],
+                                              "seeds_per_task": 2})
+    assert separate.jobs() == [("cr1", [0]), ("cr1", [1])]

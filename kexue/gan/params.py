@@ -18,7 +18,9 @@ from kexue.optim.spec import OptimizerSpec
 LOSSES = ("hinge", "non_saturating")
 DSM_VARIANT = "dsm"  # the evaluation table's name for the score model's runs
 
-_GAN_ADAM = {"name": "adam", "learning_rate": 2e-4, "beta_1": 0.5}  # DCGAN's (Radford et al. 2016)
+# DCGAN's Adam (Radford et al. 2016) at 3x its rate: with 32-image batches it reaches the
+# same FID in far fewer CPU-seconds (benchmarks/gan_study.py; docs/gan_study.md, "Defaults")
+_GAN_ADAM = {"name": "adam", "learning_rate": 6e-4, "beta_1": 0.5}
 
 
 class ImagesParams(BaseModel):
@@ -40,9 +42,9 @@ class GanRunParams(BaseModel):
     cascades: int = Field(1, ge=1)  # N: 1 = plain discriminator (the baseline)
     cascade_weights: list[float] | None = None  # per-cascade loss weights; None = uniform
     loss: str = "hinge"  # hinge | non_saturating
-    steps: int = Field(5000, ge=1)  # rounded up to whole epochs; "epochs" overrides when given
+    steps: int = Field(3500, ge=1)  # rounded up to whole epochs; "epochs" overrides when given
     epochs: int | None = Field(None, ge=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(32, ge=1)
     latent_dim: int = Field(32, ge=1)
     width: int = Field(16, ge=1)  # channels of the widest generator / narrowest discriminator conv
     d_width: int | None = Field(None, ge=1)  # the discriminator's, when it differs from the generator's
@@ -136,6 +138,10 @@ class GanTrainParams(BaseModel):
     train: GanRunParams = Field(default_factory=GanRunParams)  # shared by every variant
     variants: dict[str, GanRunParams] = Field(default_factory=_default_variants, min_length=1, validate_default=True)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
+    # With vectorize_seeds, a variant's seeds are split into models of at most this many
+    # members, one task each (None: all in one). Smaller tasks fill both workers to the end:
+    # three variants as three tasks leave a core idle while the third trains alone.
+    seeds_per_task: int | None = Field(None, ge=1)
     feature_net: FeatureNetParams = Field(default_factory=FeatureNetParams)
     dsm: DsmParams | None = None  # also train the score model as variant "dsm" (one task per seed)
 
@@ -166,6 +172,15 @@ class GanTrainParams(BaseModel):
     def _only_overrides(self, variants: dict[str, GanRunParams]) -> dict[str, dict]:
         """A variant is what it overrides: dumping its defaults too would override ``train`` when reloaded."""
         return {name: v.model_dump(mode="json", exclude_unset=True) for name, v in variants.items()}
+
+    def jobs(self) -> list[tuple[str, list[int]]]:
+        """(variant, seeds) of every training task: a variant's seeds in groups of
+        ``seeds_per_task`` when they train together, else one task per seed."""
+        k = self.seeds_per_task or len(self.seeds)
+        return [(variant, self.seeds[i:i + size])
+                for variant, p in self.runs().items()
+                for size in ([k] if p.vectorize_seeds else [1])
+                for i in range(0, len(self.seeds), size)]
 
     def runs(self) -> dict[str, GanRunParams]:
         """Variant name → its full training params (``train`` overridden by the variant)."""
