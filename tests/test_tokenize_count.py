@@ -139,3 +139,14 @@ def test_tokens_array_equals_arrow_from_python_lists_on_a_corpus_and_the_edge_ca
         got = ktok.tokens_array(d, t)
         assert got.type == ktok.TOKENS_TYPE and got.null_count == 0
         assert got.equals(pa.array(d, ktok.TOKENS_TYPE))
+
+
+def test_vocabulary_flags_equal_testing_every_token_in_python():
+    from itertools import islice
+
+    segment = make_segmenter(TokenizeParams())
+    tokens = pd.Series(sorted({t for r in islice(reviews(), 3000) for t in segment(r.text)} | {"", "１９９８", "½", "，。", "a1", "—— "}))
+    for test in (kcount.is_punct, kcount.is_number):
+        expected = tokens.map(test).to_numpy(dtype=bool)
+        assert expected.any() and not expected.all()
+        assert (kcount.every_char_passes(tokens, test) == expected).all()

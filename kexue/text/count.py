@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import unicodedata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -65,6 +65,16 @@ def is_number(token: str) -> bool:
     return all(unicodedata.category(c)[0] == "N" for c in token)
 
 
+def every_char_passes(tokens: pd.Series, test: Callable[[str], bool]) -> np.ndarray:
+    """``test(token)`` for every token, where ``test`` holds for a token iff it holds for each of
+    its characters (``is_punct``, ``is_number``): each distinct character is tested once, then a
+    token passes when stripping the passing characters leaves nothing. Same answers as
+    ``tokens.map(test)``, several times faster on a vocabulary (str.strip runs in C).
+    """
+    passing = "".join(c for c in set("".join(tokens)) if test(c))
+    return np.fromiter((not t.strip(passing) for t in tokens), dtype=bool, count=len(tokens))
+
+
 def vocabulary(total: pa.Table | pd.DataFrame) -> pd.DataFrame:
     """Ranked vocabulary with stop-word and punctuation flags (rank 0 = most frequent).
 
@@ -76,8 +86,8 @@ def vocabulary(total: pa.Table | pd.DataFrame) -> pd.DataFrame:
     v = total.sort_values(["count", "token"], ascending=[False, True], kind="mergesort").reset_index(drop=True)
     v["rank"] = range(len(v))
     v["is_stopword"] = v["token"].isin(stop)
-    v["is_punct"] = v["token"].map(is_punct).astype(bool)
-    v["is_number"] = v["token"].map(is_number).astype(bool)
+    v["is_punct"] = every_char_passes(v["token"], is_punct)
+    v["is_number"] = every_char_passes(v["token"], is_number)
     return v.astype({"rank": "int64"})
 
 
