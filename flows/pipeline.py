@@ -67,7 +67,7 @@ def stages(config: str, profile: str, overrides: list[str], selected: list[str],
         slots = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values()) if client else 1
         base = StageContext(store=store, progress=board,
                             result_storage=runtime.result_storage(cfg.data_dir / "prefect" / "results"),
-                            slots=max(1, slots), busy=lambda: len(RUNNING))
+                            slots=max(1, slots))
         outcomes: dict[str, Any] = {}
 
         def run_stage(name: str):
