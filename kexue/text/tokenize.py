@@ -13,7 +13,9 @@ differently.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import logging
 import re
 from pathlib import Path
@@ -135,6 +137,20 @@ BATCH_DOCS = 4096  # documents segmented before their tokens move into Arrow: fe
 _SEP = "\x1f"  # ASCII unit separator: joins a document's tokens on their way into Arrow
 
 
+@contextlib.contextmanager
+def _gc_paused():
+    """No cyclic garbage collection inside: segmenting a batch allocates a list per document
+    (no cycles), and each allocation burst set off collections that walked every list kept so
+    far, a fifth of the segmenting time."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def tokens_array(docs: list[list[str]], texts: list[str]) -> pa.ListArray:
     """The token lists of ``docs`` (segmented from ``texts``) as one Arrow list<string> array.
 
@@ -165,7 +181,8 @@ def tokenize_partition(ingest_path: str | Path, params: dict[str, Any] | Tokeniz
     tp = n_pred = n_gold = gold_docs = 0
     for batch in table.select(["text", "gold_tokens"]).to_batches(max_chunksize=BATCH_DOCS):
         texts = batch.column(0).to_pylist()
-        raw = [segment(text) for text in texts]
+        with _gc_paused():
+            raw = [segment(text) for text in texts]
         scored = tokens_array(raw, texts)  # segmentation is scored before white space is dropped
         gold = batch.column(1)
         has_gold = pc.is_valid(gold)
