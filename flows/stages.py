@@ -207,7 +207,11 @@ def run_images(ctx: StageContext, params: ImagesParams, inputs: Inputs) -> Stage
 
 def run_gan(ctx: StageContext, params: GanTrainParams, inputs: Inputs) -> StageOutcome:
     images, spec = inputs["images"], params
-    feature = ctx.submit(feature_net_task, ctx.store, images, spec.feature_net)
+    feature_future = ctx.submit(feature_net_task, ctx.store, images, spec.feature_net)
+    # The runs get the feature net's manifest, not its future: a future is a Dask dependency,
+    # and Dask places a task beside its dependencies' data, so every run queued behind another
+    # on the worker that trained the feature net while the other worker sat idle.
+    (feature,) = wait(ctx, [feature_future], "gan: feature network")
     # one Dask task per group of a variant's seeds trained together (vectorize_seeds), else one
     # per (variant, seed); the tasks run in parallel across the workers
     runs, jobs = spec.runs(), spec.jobs()
@@ -218,14 +222,13 @@ def run_gan(ctx: StageContext, params: GanTrainParams, inputs: Inputs) -> StageO
         submits += [functools.partial(ctx.submit, dsm_run_task, ctx.store, images, feature, spec.dsm, seed)
                     for seed in spec.seeds]
     n_variants = len(spec.variants) + (spec.dsm is not None)
-    wait(ctx, [feature], "gan: feature network")
     futures = wait_bounded(ctx, submits, f"gan: {n_variants} variants × {len(spec.seeds)} seeds in {len(submits)} tasks")
     files, table, seconds = gather_runs(
         [(variant, seeds, f.result().files, f.result().metrics) for (variant, seeds), f in zip(jobs, futures)],
         first_seed=spec.seeds[0])
-    files["feature_net"] = feature.result().files["model"]
-    metrics = {"runs": table, "feature_net": feature.result().metrics, "train_seconds_total": seconds}
-    return StageOutcome(Manifest(stage="gan", files=files, metrics=metrics), all_cached([feature, *futures]))
+    files["feature_net"] = feature.files["model"]
+    metrics = {"runs": table, "feature_net": feature.metrics, "train_seconds_total": seconds}
+    return StageOutcome(Manifest(stage="gan", files=files, metrics=metrics), all_cached([feature_future, *futures]))
 
 
 def run_gan_eval(ctx: StageContext, params: GanEvalParams, inputs: Inputs) -> StageOutcome:
