@@ -23,11 +23,15 @@ def default_corpus_texts() -> list[str]:
 @pytest.mark.parametrize("hmm", [True, False])
 def test_rjieba_gives_jiebas_tokens_on_every_default_document(hmm):
     texts = default_corpus_texts()
-    rj = make_segmenter(TokenizeParams(backend="rjieba", hmm=hmm))
+    p = TokenizeParams(backend="rjieba", hmm=hmm)
+    rj = make_segmenter(p)
     jb = make_segmenter(TokenizeParams(backend="jieba", hmm=hmm))
-    differing = [t for t in texts if rj(t) != jb(t)]
+    expected = [jb(t) for t in texts]
     assert len(texts) > 36_000
-    assert differing == []
+    assert [t for t, want in zip(texts, expected) if rj(t) != want] == []
+    # and so does the tokenize stage's path: a batch of texts segmented in one call
+    batches = [texts[i:i + ktok.BATCH_DOCS] for i in range(0, len(texts), ktok.BATCH_DOCS)]
+    assert [d for b in batches for d in ktok.segment_batch(b, p).to_pylist()] == expected
 
 
 def test_rjieba_splits_non_chinese_runs_like_jiebas_hmm_path():
@@ -127,18 +131,23 @@ def test_partition_tokens_and_exact_counts(tmp_path, monkeypatch):
     assert flags["经济"] == (False, False)
 
 
-def test_tokens_array_equals_arrow_from_python_lists_on_a_corpus_and_the_edge_cases():
+@pytest.mark.parametrize("backend", ["rjieba", "jieba"])
+@pytest.mark.parametrize("hmm", [True, False])
+def test_a_batch_segmented_in_one_call_equals_segmenting_each_text(backend, hmm):
     import pyarrow as pa
 
     from itertools import islice
 
-    texts = [r.text for r in islice(reviews(), 3000)]
-    docs = [make_segmenter(TokenizeParams())(t) for t in texts]
-    edge_docs, edge_texts = [[], [""], ["x", "", "y"], ["a"]], ["", " ", "x y", "a"]
-    for d, t in ((docs, texts), (docs + edge_docs, texts + edge_texts), (edge_docs, edge_texts + ["\x1f"])):
-        got = ktok.tokens_array(d, t)
-        assert got.type == ktok.TOKENS_TYPE and got.null_count == 0
-        assert got.equals(pa.array(d, ktok.TOKENS_TYPE))
+    texts = [r.text for r in islice(reviews(), 3000)] + ["", " ", "x y", "a", "\u3000\n", "www.x.com 2008-6-1"]
+    p = TokenizeParams(backend=backend, hmm=hmm)
+    segment = make_segmenter(p)
+    each = pa.array([segment(t) for t in texts], ktok.TOKENS_TYPE)
+    got = ktok.segment_batch(texts, p)
+    assert got.type == ktok.TOKENS_TYPE and got.null_count == 0
+    assert got.equals(each)
+    assert ktok.segment_batch(texts + ["a\x1eb"], p)[:-1].equals(each)  # a separator in a text: text by text
+    without = pa.array([[w for w in segment(t) if w.strip()] for t in texts], ktok.TOKENS_TYPE)
+    assert ktok.drop_whitespace(got).equals(without)
 
 
 def test_vocabulary_flags_equal_testing_every_token_in_python():

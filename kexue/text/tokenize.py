@@ -52,34 +52,45 @@ def _jieba_tokenizer(user_dict: str | None):
 # HMM path, where jieba.finalseg splits it with re_skip (copied from jieba/finalseg).
 _NON_HAN_BLOCK = re.compile(r"[a-zA-Z0-9+#&._%\-]+")
 _FINALSEG_SKIP = re.compile(r"([a-zA-Z0-9]+(?:\.\d+)?%?)")
-_JOINER = re.compile(r"[+#&._%\-]")  # a text without one of these needs no re-splitting
+_JOINER = re.compile(r"[+#&._%\-]")
+# a token finalseg may split: only such characters, at least one a joiner (checked in Arrow)
+_SPLITTABLE = r"^[a-zA-Z0-9+#&._%\-]*[+#&._%\-][a-zA-Z0-9+#&._%\-]*$"
 
 
-def _split_like_jieba(tokens: list[str], is_word: Callable[[str], bool]) -> list[str]:
-    out: list[str] = []
-    for t in tokens:
-        if len(t) > 1 and _NON_HAN_BLOCK.fullmatch(t) and not is_word(t):
-            out.extend(x for x in _FINALSEG_SKIP.split(t) if x)
-        else:
-            out.append(t)
-    return out
+def _split_like_jieba(token: str, is_word: Callable[[str], bool]) -> list[str]:
+    """jieba's tokens for one rjieba token: itself, or its finalseg pieces (see above)."""
+    if len(token) > 1 and _NON_HAN_BLOCK.fullmatch(token) and not is_word(token):
+        return [x for x in _FINALSEG_SKIP.split(token) if x]
+    return [token]
+
+
+def _raw_segmenter(p: TokenizeParams) -> Callable[[str], list[str]]:
+    """The backend's own cut: jieba's tokens, except rjieba's HMM path (``_split_like_jieba``)."""
+    if effective_backend(p) == "jieba":
+        return functools.partial(_jieba_tokenizer(p.user_dict).lcut, HMM=p.hmm)
+    import rjieba
+
+    return functools.partial(rjieba.cut, hmm=p.hmm)
+
+
+def _needs_splitting(p: TokenizeParams) -> bool:
+    return effective_backend(p) == "rjieba" and p.hmm  # without the HMM both keep the dictionary's words
 
 
 def make_segmenter(p: TokenizeParams) -> Callable[[str], list[str]]:
     """A function text → jieba's tokens (white-space tokens included; ``tokenize_partition`` drops them)."""
-    if effective_backend(p) == "jieba":
-        tk = _jieba_tokenizer(p.user_dict)
-        return functools.partial(tk.lcut, HMM=p.hmm)
+    cut = _raw_segmenter(p)
+    if not _needs_splitting(p):
+        return cut
     import rjieba
 
-    if not p.hmm:  # without the HMM both keep exactly the dictionary's words and single characters
-        return functools.partial(rjieba.cut, hmm=False)
+    def jieba_cut(text: str) -> list[str]:
+        tokens = cut(text)
+        if not _JOINER.search(text):  # a text without one needs no re-splitting
+            return tokens
+        return [x for t in tokens for x in _split_like_jieba(t, rjieba.has_word)]
 
-    def cut(text: str) -> list[str]:
-        tokens = rjieba.cut(text, True)
-        return _split_like_jieba(tokens, rjieba.has_word) if _JOINER.search(text) else tokens
-
-    return cut
+    return jieba_cut
 
 
 def _as_lists(docs: pa.Array | pa.ChunkedArray | list[list[str]]) -> pa.ListArray:
@@ -133,14 +144,15 @@ def prf(tp: int, n_pred: int, n_gold: int) -> dict[str, float]:
 
 
 TOKENS_TYPE = pa.list_(pa.string())
-BATCH_DOCS = 4096  # documents segmented before their tokens move into Arrow: few Python strings alive at once
-_SEP = "\x1f"  # ASCII unit separator: joins a document's tokens on their way into Arrow
+BATCH_DOCS = 4096  # documents segmented in one call: the Python token strings of one batch are alive at once
+_SEP = "\x1f"  # ASCII unit separator: joins tokens on their way into Arrow
+_DOC_SEP = "\x1e"  # ASCII record separator: between the documents of a batch (a token of its own in both backends)
 
 
 @contextlib.contextmanager
 def _gc_paused():
-    """No cyclic garbage collection inside: segmenting a batch allocates a list per document
-    (no cycles), and each allocation burst set off collections that walked every list kept so
+    """No cyclic garbage collection inside: segmenting allocates a string per token (no
+    cycles), and each allocation burst set off collections that walked every object kept so
     far, a fifth of the segmenting time."""
     was_enabled = gc.isenabled()
     gc.disable()
@@ -151,19 +163,71 @@ def _gc_paused():
             gc.enable()
 
 
-def tokens_array(docs: list[list[str]], texts: list[str]) -> pa.ListArray:
-    """The token lists of ``docs`` (segmented from ``texts``) as one Arrow list<string> array.
+def _flat(tokens: list[str]) -> pa.StringArray:
+    """``tokens`` as an Arrow string array: joined in C (``str.join``) and split in Arrow, about
+    four times faster than ``pa.array`` visiting every token; exact as no token holds ``_SEP``."""
+    return pc.split_pattern(pa.array([_SEP.join(tokens)]), _SEP).values if tokens else pa.array([], pa.string())
 
-    Why not ``pa.array(docs)``: it visits every token as a Python object, about four times
-    slower than joining each document's tokens in C (``str.join``) and splitting them again
-    in Arrow. Exact whenever the separator cannot occur in a token, i.e. is in no text;
-    otherwise the batch takes the slow path. An empty document is a null that becomes [].
+
+def _split_splittable(tokens: list[str], flat: pa.StringArray) -> tuple[list[str], pa.StringArray]:
+    """rjieba's HMM tokens re-split as jieba's finalseg splits them (``_split_like_jieba``).
+
+    The few candidates are found in Arrow; a Python loop over every token would cost a fifth
+    of the segmentation."""
+    import rjieba
+
+    at = np.flatnonzero(pc.fill_null(pc.match_substring_regex(flat, _SPLITTABLE), False).to_numpy(zero_copy_only=False))
+    fixes = [(i, parts) for i, t in zip(at.tolist(), flat.take(pa.array(at)).to_pylist())
+             if (parts := _split_like_jieba(t, rjieba.has_word)) != [t]]
+    if not fixes:
+        return tokens, flat
+    pieces, prev = [], 0
+    for i, parts in fixes:
+        pieces += [tokens[prev:i], parts]
+        prev = i + 1
+    tokens = [t for piece in pieces + [tokens[prev:]] for t in piece]
+    return tokens, _flat(tokens)
+
+
+def segment_batch(texts: list[str], p: TokenizeParams) -> pa.ListArray:
+    """jieba's tokens of every text (white space included) as one Arrow list<string> array.
+
+    Why one segmenter call for the whole batch, the texts joined by ``_DOC_SEP``: a call and a
+    list per document cost more than the segmenting of short texts, and the tokens reach
+    Arrow in one join. Exact because both backends make ``_DOC_SEP`` a token of its own
+    (jieba's blocks end at it, so the HMM sees the same runs) and no text holds a separator;
+    a batch where one does is segmented text by text.
     """
-    if any(_SEP in text for text in texts):
-        return pa.array(docs, TOKENS_TYPE)
-    joined = pa.array([_SEP.join(d) if d else None for d in docs], pa.string())
-    split = pc.split_pattern(joined, _SEP)
-    return pc.fill_null(split, pa.scalar([], TOKENS_TYPE)) if split.null_count else split
+    if any(_DOC_SEP in text or _SEP in text for text in texts):
+        segment = make_segmenter(p)
+        return pa.array([segment(text) for text in texts], TOKENS_TYPE)
+    with _gc_paused():
+        tokens = _raw_segmenter(p)(_DOC_SEP.join(texts))
+    flat = _flat(tokens)
+    if _needs_splitting(p):
+        tokens, flat = _split_splittable(tokens, flat)
+    is_sep = pc.equal(flat, _DOC_SEP).to_numpy(zero_copy_only=False)
+    return _lists(flat, np.cumsum(is_sep), ~is_sep, len(texts))
+
+
+def _lists(flat: pa.StringArray, doc: np.ndarray, keep: np.ndarray, n_docs: int) -> pa.ListArray:
+    """The tokens of ``flat`` where ``keep``, as lists by document index ``doc`` (non-decreasing)."""
+    offsets = np.zeros(n_docs + 1, np.int32)
+    np.cumsum(np.bincount(doc[keep], minlength=n_docs), out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), flat.filter(pa.array(keep)))
+
+
+def drop_whitespace(docs: pa.ListArray) -> pa.ListArray:
+    """``docs`` without the tokens that are only white space (``str.strip`` decides, as in the
+    rest of the pipeline: asked once per distinct token)."""
+    values = docs.flatten()
+    distinct = pc.dictionary_encode(values)
+    blank = np.fromiter((not t.strip() for t in distinct.dictionary.to_pylist()), bool, len(distinct.dictionary))
+    drop = blank[distinct.indices.to_numpy(zero_copy_only=False)]
+    if not drop.any():
+        return docs
+    per_doc = pc.list_value_length(docs).to_numpy(zero_copy_only=False)
+    return _lists(values, np.repeat(np.arange(len(docs)), per_doc), ~drop, len(docs))
 
 
 def tokenize_partition(ingest_path: str | Path, params: dict[str, Any] | TokenizeParams) -> tuple[pa.Table, dict[str, int]]:
@@ -171,28 +235,21 @@ def tokenize_partition(ingest_path: str | Path, params: dict[str, Any] | Tokeniz
 
     Returns the tokens table (doc_id, source, label, tokens) and segmentation counts
     against the gold tokens where the partition has them (People's Daily). Documents are
-    segmented a batch at a time and each batch's tokens converted to Arrow at once, so the
-    Python token strings (an object of tens of bytes each) of only one batch are alive.
+    segmented a batch at a time (``segment_batch``), so the Python token strings (an
+    object of tens of bytes each) of only one batch are alive.
     """
     p = params if isinstance(params, TokenizeParams) else TokenizeParams.model_validate(params)
-    segment = make_segmenter(p)
     table = pq.read_table(ingest_path, columns=["doc_id", "source", "label", "text", "gold_tokens"])
     chunks: list[pa.Array] = []
     tp = n_pred = n_gold = gold_docs = 0
     for batch in table.select(["text", "gold_tokens"]).to_batches(max_chunksize=BATCH_DOCS):
-        texts = batch.column(0).to_pylist()
-        with _gc_paused():
-            raw = [segment(text) for text in texts]
-        scored = tokens_array(raw, texts)  # segmentation is scored before white space is dropped
+        scored = segment_batch(batch.column(0).to_pylist(), p)  # segmentation is scored before white space is dropped
         gold = batch.column(1)
         has_gold = pc.is_valid(gold)
         if n := int(pc.sum(has_gold).as_py() or 0):
             counts = segmentation_counts(scored.filter(has_gold), gold.filter(has_gold))
             tp, n_pred, n_gold, gold_docs = tp + counts[0], n_pred + counts[1], n_gold + counts[2], gold_docs + n
-        spaced = [i for i, text in enumerate(texts) if p.drop_whitespace and _WHITESPACE.search(text)]
-        for i in spaced:  # only a text with white space can yield white-space tokens
-            raw[i] = [t for t in raw[i] if t.strip()]
-        chunks.append(tokens_array(raw, texts) if spaced else scored)
+        chunks.append(drop_whitespace(scored) if p.drop_whitespace else scored)
     tokens = pa.chunked_array(chunks, TOKENS_TYPE)
     out = pa.table({"doc_id": table.column("doc_id"), "source": table.column("source"),
                     "label": table.column("label"), "tokens": tokens})
