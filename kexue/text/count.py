@@ -71,6 +71,7 @@ def every_char_passes(tokens: pd.Series, test: Callable[[str], bool]) -> np.ndar
     token passes when stripping the passing characters leaves nothing. Same answers as
     ``tokens.map(test)``, several times faster on a vocabulary (str.strip runs in C).
     """
+    tokens = tokens.tolist()  # Python strings once: iterating a pyarrow-backed Series costs 2.5 µs a token
     passing = "".join(c for c in set("".join(tokens)) if test(c))
     return np.fromiter((not t.strip(passing) for t in tokens), dtype=bool, count=len(tokens))
 
@@ -81,9 +82,11 @@ def vocabulary(total: pa.Table | pd.DataFrame) -> pd.DataFrame:
     Ties are broken by token so the ranking is deterministic.
     """
     stop = stopwords()
-    if isinstance(total, pa.Table):
-        total = total.select(PARTIAL_SCHEMA.names).to_pandas()
-    v = total.sort_values(["count", "token"], ascending=[False, True], kind="mergesort").reset_index(drop=True)
+    if isinstance(total, pd.DataFrame):
+        total = pa.Table.from_pandas(total, preserve_index=False)
+    total = total.select(PARTIAL_SCHEMA.names)
+    # sorted in Arrow (UTF-8 byte order is code-point order, as Python compares): pandas took 0.2 s more
+    v = total.take(pc.sort_indices(total, sort_keys=[("count", "descending"), ("token", "ascending")])).to_pandas()
     v["rank"] = range(len(v))
     v["is_stopword"] = v["token"].isin(stop)
     v["is_punct"] = every_char_passes(v["token"], is_punct)
