@@ -217,12 +217,19 @@ def run_gan(ctx: StageContext, params: GanTrainParams, inputs: Inputs) -> StageO
     runs, jobs = spec.runs(), spec.jobs()
     submits = [functools.partial(ctx.submit, gan_run_task, ctx.store, images, feature, variant, runs[variant], seeds)
                for variant, seeds in jobs]
+    cost = [(runs[variant].steps * len(seeds), runs[variant].cascades) for variant, seeds in jobs]
     if spec.dsm is not None:  # the score model beside the GAN: one task per seed
         jobs += [(DSM_VARIANT, [seed]) for seed in spec.seeds]
         submits += [functools.partial(ctx.submit, dsm_run_task, ctx.store, images, feature, spec.dsm, seed)
                     for seed in spec.seeds]
+        cost += [(spec.dsm.steps, 1)] * len(spec.seeds)
+    # Longest first (member-steps, then cascades): tasks start one per slot as slots free up,
+    # so the run started last decides the stage's tail; a short one there leaves no slot idle for long.
+    order = sorted(range(len(jobs)), key=lambda i: cost[i], reverse=True)
     n_variants = len(spec.variants) + (spec.dsm is not None)
-    futures = wait_bounded(ctx, submits, f"gan: {n_variants} variants × {len(spec.seeds)} seeds in {len(submits)} tasks")
+    started = wait_bounded(ctx, [submits[i] for i in order],
+                           f"gan: {n_variants} variants × {len(spec.seeds)} seeds in {len(submits)} tasks")
+    futures = [future for _, future in sorted(zip(order, started))]  # back in the jobs' order
     files, table, seconds = gather_runs(
         [(variant, seeds, f.result().files, f.result().metrics) for (variant, seeds), f in zip(jobs, futures)],
         first_seed=spec.seeds[0])
