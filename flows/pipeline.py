@@ -64,11 +64,10 @@ def stages(config: str, profile: str, overrides: list[str], selected: list[str],
     store = Store(data_dir=str(cfg.data_dir), base_dir=str(Path(cfg.pipeline_path).parent))
     lock = threading.Lock()
     with board:
-        workers = client.scheduler_info(n_workers=-1)["workers"] if client else {}
-        slot_workers = tuple(address for address, w in sorted(workers.items()) for _ in range(w.get("nthreads", 1)))
+        slots = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values()) if client else 1
         base = StageContext(store=store, progress=board,
                             result_storage=runtime.result_storage(cfg.data_dir / "prefect" / "results"),
-                            slots=max(1, len(slot_workers)), slot_workers=slot_workers)
+                            slots=max(1, slots))
         outcomes: dict[str, Any] = {}
 
         def run_stage(name: str):

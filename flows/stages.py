@@ -8,8 +8,9 @@ has which runner is the registry's (``flows.registry``), checked when this modul
 """
 from __future__ import annotations
 
+import functools
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import dask
@@ -43,7 +44,6 @@ class StageContext:
     result_storage: str | None = None  # block slug of the run's result storage (the cache)
     annotations: dict[str, Any] = field(default_factory=dict)  # Dask annotations of this stage's tasks
     slots: int = 1  # task slots of the cluster (worker threads)
-    slot_workers: tuple[str, ...] = ()  # the worker address of each slot (empty: no Dask cluster)
 
     def _task(self, task):
         """The task, persisting its result (and so its cache record) in the run's storage."""
@@ -57,13 +57,6 @@ class StageContext:
         """
         with _SUBMIT, dask.annotate(**self.annotations):
             return self._task(task).submit(*args, **kwargs)
-
-    def on_worker(self, address: str | None) -> StageContext:
-        """This context, its tasks asked to run on the worker at ``address`` (elsewhere only if
-        it is gone, or if Dask moves a waiting task to an idle worker)."""
-        if address is None:
-            return self
-        return replace(self, annotations={**self.annotations, "workers": [address], "allow_other_workers": True})
 
     def map(self, task, **kwargs) -> list[PrefectFuture]:
         with _SUBMIT, dask.annotate(**self.annotations):
@@ -88,14 +81,8 @@ def wait(ctx: StageContext, futures: list[PrefectFuture], label: str) -> list[An
     return [f.result() for f in futures]
 
 
-def submitter(task, *args, **kwargs) -> Callable[[StageContext], PrefectFuture]:
-    """A function of a stage context that submits ``task(*args, **kwargs)`` with it (for ``wait_bounded``)."""
-    return lambda ctx: ctx.submit(task, *args, **kwargs)
-
-
-def wait_bounded(ctx: StageContext, submits: list[Callable[[StageContext], PrefectFuture]], label: str) -> list[PrefectFuture]:
-    """Submit long tasks one per slot, the next as one finishes, each to its slot's worker;
-    their futures in order once all are done. ``submits[i](c)`` submits task i with context c.
+def wait_bounded(ctx: StageContext, submits: list[Callable[[], PrefectFuture]], label: str) -> list[PrefectFuture]:
+    """Submit long tasks a few at a time, the next as one finishes; their futures in order once all are done.
 
     Why not all at once: Dask sends a task whose inputs are ready to a worker straight away,
     where it queues. A worker finishing one long task starts the next one queued there before
@@ -104,24 +91,17 @@ def wait_bounded(ctx: StageContext, submits: list[Callable[[StageContext], Prefe
     waits on a worker: at most one per slot is in Dask, so another stage's task waits for one
     long task at most. (Leaving a slot to the other stages while they run was slower: they do
     not keep a core busy, and the whole run took 2 minutes longer.)
-
-    Why each to its slot's worker: left to Dask, the second of two runs submitted together went
-    to the worker already training the first (the other was busy with JoSE then) and waited
-    there 3.7 minutes, 1.8 of them while the other worker sat idle. A slot's next run goes
-    where the slot's last one finished, so two runs do not queue on one worker.
     """
     tracker = ctx.progress.track(label, len(submits)) if ctx.progress else None
     futures: list[PrefectFuture | None] = [None] * len(submits)
-    free: list[str | None] = list(ctx.slot_workers) or [None] * ctx.slots
-    queue, running = list(range(len(submits))), []  # running: (future, its slot's worker)
+    queue, running = list(range(len(submits))), []
     while queue or running:
-        while queue and free:
-            i, worker = queue.pop(0), free.pop(0)
-            futures[i] = submits[i](ctx.on_worker(worker))
-            running.append((futures[i], worker))
-        done = next(as_completed([f for f, _ in running]))
-        free += [w for f, w in running if f is done]
-        running = [(f, w) for f, w in running if f is not done]
+        while queue and len(running) < ctx.slots:
+            i = queue.pop(0)
+            futures[i] = submits[i]()
+            running.append(futures[i])
+        done = next(as_completed(running))
+        running = [f for f in running if f is not done]
         if tracker is not None:
             tracker.advance()
     if tracker is not None:
@@ -235,11 +215,13 @@ def run_gan(ctx: StageContext, params: GanTrainParams, inputs: Inputs) -> StageO
     # one Dask task per group of a variant's seeds trained together (vectorize_seeds), else one
     # per (variant, seed); the tasks run in parallel across the workers
     runs, jobs = spec.runs(), spec.jobs()
-    submits = [submitter(gan_run_task, ctx.store, images, feature, variant, runs[variant], seeds) for variant, seeds in jobs]
+    submits = [functools.partial(ctx.submit, gan_run_task, ctx.store, images, feature, variant, runs[variant], seeds)
+               for variant, seeds in jobs]
     cost = [(runs[variant].steps * len(seeds), runs[variant].cascades) for variant, seeds in jobs]
     if spec.dsm is not None:  # the score model beside the GAN: one task per seed
         jobs += [(DSM_VARIANT, [seed]) for seed in spec.seeds]
-        submits += [submitter(dsm_run_task, ctx.store, images, feature, spec.dsm, seed) for seed in spec.seeds]
+        submits += [functools.partial(ctx.submit, dsm_run_task, ctx.store, images, feature, spec.dsm, seed)
+                    for seed in spec.seeds]
         cost += [(spec.dsm.steps, 1)] * len(spec.seeds)
     # Longest first (member-steps, then cascades): tasks start one per slot as slots free up,
     # so the run started last decides the stage's tail; a short one there leaves no slot idle for long.
