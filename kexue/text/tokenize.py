@@ -28,7 +28,6 @@ import pyarrow.parquet as pq
 from kexue.text.params import TokenizeParams
 
 log = logging.getLogger(__name__)
-_WHITESPACE = re.compile(r"\s")
 
 
 def effective_backend(p: TokenizeParams) -> str:
@@ -50,11 +49,12 @@ def _jieba_tokenizer(user_dict: str | None):
 # jieba's cut() sends blocks of [Han a-zA-Z0-9+#&._%-] to the DAG; a token of rjieba made
 # only of these non-Han characters that is no dictionary word (C++, AT&T are) came from the
 # HMM path, where jieba.finalseg splits it with re_skip (copied from jieba/finalseg).
-_NON_HAN_BLOCK = re.compile(r"[a-zA-Z0-9+#&._%\-]+")
+_JOINERS = r"+#&._%\-"  # the non-alphanumeric characters of jieba's DAG blocks
+_NON_HAN_BLOCK = re.compile(rf"[a-zA-Z0-9{_JOINERS}]+")
 _FINALSEG_SKIP = re.compile(r"([a-zA-Z0-9]+(?:\.\d+)?%?)")
-_JOINER = re.compile(r"[+#&._%\-]")
+_JOINER = re.compile(rf"[{_JOINERS}]")
 # a token finalseg may split: only such characters, at least one a joiner (checked in Arrow)
-_SPLITTABLE = r"^[a-zA-Z0-9+#&._%\-]*[+#&._%\-][a-zA-Z0-9+#&._%\-]*$"
+_SPLITTABLE = rf"^[a-zA-Z0-9{_JOINERS}]*[{_JOINERS}][a-zA-Z0-9{_JOINERS}]*$"
 
 
 def _split_like_jieba(token: str, is_word: Callable[[str], bool]) -> list[str]:
