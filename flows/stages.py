@@ -41,7 +41,7 @@ _SUBMIT = threading.Lock()
 class StageContext:
     store: Store
     progress: Any = None  # flows.progress.RunProgress or None
-    result_storage: str | None = None  # block slug of the run's result storage (the cache)
+    result_storage: Any = None  # the run's result-storage block (the cache), saved
     annotations: dict[str, Any] = field(default_factory=dict)  # Dask annotations of this stage's tasks
     slots: int = 1  # task slots of the cluster (worker threads)
 
