@@ -37,6 +37,39 @@ from tasks.text import ingest_task, merge_counts_task, source_fingerprints, toke
 _SUBMIT = threading.Lock()
 
 
+class LongTaskSlots:
+    """The cluster's task slots, as held by the long tasks (training) of every stage of a run.
+
+    Why: Dask sends a task to a worker when it is submitted, and there it queues behind
+    whatever that worker runs. A GAN run submitted while JoSE held one worker and another run
+    the other queued behind that run, and the worker that finished JoSE sat idle for half a
+    minute (two in another run). Counting every stage's long tasks against the slots, a long
+    task is submitted only when a slot is free, and so lands on the free worker.
+    """
+
+    def __init__(self, slots: int):
+        self.slots, self._held = slots, 0
+        self._changed = threading.Condition()
+
+    def submit(self, submit: Callable[[], PrefectFuture]) -> PrefectFuture:
+        """Wait until no long task holds some slot, then ``submit()``; the slot frees when the task ends."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._held < self.slots)
+            self._held += 1
+        try:
+            future = submit()
+        except BaseException:
+            self._release()
+            raise
+        future.add_done_callback(lambda _: self._release())
+        return future
+
+    def _release(self) -> None:
+        with self._changed:
+            self._held -= 1
+            self._changed.notify_all()
+
+
 @dataclass
 class StageContext:
     store: Store
@@ -44,6 +77,11 @@ class StageContext:
     result_storage: Any = None  # the run's result-storage block (the cache), saved
     annotations: dict[str, Any] = field(default_factory=dict)  # Dask annotations of this stage's tasks
     slots: int = 1  # task slots of the cluster (worker threads)
+    long_tasks: LongTaskSlots | None = None  # shared by the stages of a run (dataclasses.replace keeps it)
+
+    def __post_init__(self):
+        if self.long_tasks is None:
+            self.long_tasks = LongTaskSlots(self.slots)
 
     def _task(self, task):
         """The task, persisting its result (and so its cache record) in the run's storage."""
@@ -82,31 +120,28 @@ def wait(ctx: StageContext, futures: list[PrefectFuture], label: str) -> list[An
 
 
 def wait_bounded(ctx: StageContext, submits: list[Callable[[], PrefectFuture]], label: str) -> list[PrefectFuture]:
-    """Submit long tasks a few at a time, the next as one finishes; their futures in order once all are done.
+    """Submit long tasks as task slots free up (``LongTaskSlots``); their futures in order once all are done.
 
     Why not all at once: Dask sends a task whose inputs are ready to a worker straight away,
     where it queues. A worker finishing one long task starts the next one queued there before
     another stage's task that became ready at that moment can reach it — so one run's graph
     stage waited 5 minutes behind two GAN runs, despite its higher priority. Here no long task
     waits on a worker: at most one per slot is in Dask, so another stage's task waits for one
-    long task at most. (Leaving a slot to the other stages while they run was slower: they do
-    not keep a core busy, and the whole run took 2 minutes longer.)
+    long task at most. Short tasks of other stages are not counted: they do not keep a core
+    busy (leaving them a slot made the whole run 2 minutes longer).
     """
     tracker = ctx.progress.track(label, len(submits)) if ctx.progress else None
-    futures: list[PrefectFuture | None] = [None] * len(submits)
-    queue, running = list(range(len(submits))), []
-    while queue or running:
-        while queue and len(running) < ctx.slots:
-            i = queue.pop(0)
-            futures[i] = submits[i]()
-            running.append(futures[i])
-        done = next(as_completed(running))
-        running = [f for f in running if f is not done]
+    futures = []
+    for submit in submits:
+        future = ctx.long_tasks.submit(submit)
         if tracker is not None:
-            tracker.advance()
+            future.add_done_callback(lambda _: tracker.advance())
+        futures.append(future)
+    for _ in as_completed(futures):
+        pass
     if tracker is not None:
         tracker.close()
-    return [f for f in futures if f is not None]
+    return futures
 
 
 def all_cached(futures: list[PrefectFuture]) -> bool:
@@ -194,7 +229,8 @@ def run_communities(ctx: StageContext, params: CommunityParams, inputs: Inputs) 
 
 def run_jose(ctx: StageContext, params: JoseParams, inputs: Inputs) -> StageOutcome:
     warm = previous_jose_output(ctx.store) if params.warm_start else None
-    fut = ctx.submit(jose_task, ctx.store, inputs["tokens"], inputs["vocabulary"].files["vocabulary"], params, warm)
+    fut = ctx.long_tasks.submit(functools.partial(ctx.submit, jose_task, ctx.store, inputs["tokens"],
+                                                  inputs["vocabulary"].files["vocabulary"], params, warm))
     (manifest,) = wait(ctx, [fut], "jose")
     return StageOutcome(manifest, all_cached([fut]))
 
@@ -207,7 +243,7 @@ def run_images(ctx: StageContext, params: ImagesParams, inputs: Inputs) -> Stage
 
 def run_gan(ctx: StageContext, params: GanTrainParams, inputs: Inputs) -> StageOutcome:
     images, spec = inputs["images"], params
-    feature_future = ctx.submit(feature_net_task, ctx.store, images, spec.feature_net)
+    feature_future = ctx.long_tasks.submit(functools.partial(ctx.submit, feature_net_task, ctx.store, images, spec.feature_net))
     # The runs get the feature net's manifest, not its future: a future is a Dask dependency,
     # and Dask places a task beside its dependencies' data, so every run queued behind another
     # on the worker that trained the feature net while the other worker sat idle.

@@ -7,36 +7,55 @@ import time
 import pytest
 
 
-def _bounded_run(slots: int, n: int = 5) -> tuple[list[int], int]:
+def _bounded_run(slots: int, n: int = 5, other_seconds: float = 0.0) -> tuple[list[int], int, int]:
+    """Run ``n`` long tasks through ``wait_bounded`` (after another stage's long task of
+    ``other_seconds``, if any, took a slot); their results, the peak of tasks running at once,
+    and the peak of those ``n`` alone."""
     from prefect import flow, task
     from prefect.task_runners import ThreadPoolTaskRunner
 
     from flows.stages import StageContext, wait_bounded
     from tasks.caching import Store
 
-    lock, now, peak = threading.Lock(), [0], [0]
+    lock, now, peak, runs_now, runs_peak = threading.Lock(), [0], [0], [0], [0]
 
     @task(cache_policy=None)
-    def long_task(i: int) -> int:
+    def long_task(i: int, seconds: float = 0.3) -> int:
+        mine = int(i >= 0)
         with lock:
-            now[0] += 1
-            peak[0] = max(peak[0], now[0])
-        time.sleep(0.3)
+            now[0], runs_now[0] = now[0] + 1, runs_now[0] + mine
+            peak[0], runs_peak[0] = max(peak[0], now[0]), max(runs_peak[0], runs_now[0])
+        time.sleep(seconds)
         with lock:
-            now[0] -= 1
+            now[0], runs_now[0] = now[0] - 1, runs_now[0] - mine
         return i
 
     @flow(task_runner=ThreadPoolTaskRunner(max_workers=8))
     def run() -> list[int]:
         ctx = StageContext(store=Store("unused", "unused"), slots=slots)
+        if other_seconds:  # another stage's long task (JoSE beside the GAN runs), counted in the same slots
+            other = ctx.long_tasks.submit(lambda: long_task.submit(-1, other_seconds))
+            while now[0] == 0:
+                time.sleep(0.01)
         futures = wait_bounded(ctx, [lambda i=i: long_task.submit(i) for i in range(n)], "long")
+        if other_seconds:
+            other.result()
         return [f.result() for f in futures]
 
-    return run(), peak[0]
+    return run(), peak[0], runs_peak[0]
 
 
 @pytest.mark.parametrize("slots", [1, 2, 3])
 def test_no_more_long_tasks_in_flight_than_slots(prefect_api, slots):
-    results, peak = _bounded_run(slots)
+    results, peak, _ = _bounded_run(slots)
     assert results == [0, 1, 2, 3, 4]  # in submission order
     assert peak == slots  # the thread pool would run all five at once
+
+
+def test_long_tasks_of_other_stages_hold_slots_too(prefect_api):
+    """With another stage's long task in one of two slots, one run at a time goes to the
+    cluster until that task ends; then two do, without waiting for a run to end first."""
+    results, peak, runs_peak = _bounded_run(2, n=6, other_seconds=1.0)
+    assert results == list(range(6))
+    assert peak == 2  # counting only its own runs, wait_bounded would have run three at once
+    assert runs_peak == 2  # the slot the other task left was taken while a run was in flight
