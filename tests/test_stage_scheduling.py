@@ -59,3 +59,37 @@ def test_long_tasks_of_other_stages_hold_slots_too(prefect_api):
     assert results == list(range(6))
     assert peak == 2  # counting only its own runs, wait_bounded would have run three at once
     assert runs_peak == 2  # the slot the other task left was taken while a run was in flight
+
+
+def test_duration_hints_name_real_tasks():
+    import tasks.gan
+    import tasks.graph
+    import tasks.jose
+    from flows.runtime import TASK_SECONDS
+
+    modules = (tasks.gan, tasks.graph, tasks.jose)
+    for name in TASK_SECONDS:
+        assert any(getattr(getattr(m, name, None), "fn", None) is not None for m in modules), name
+
+
+def jose_task(seconds: float) -> float:  # named as the real task: Dask estimates durations by name
+    time.sleep(seconds)
+    return seconds
+
+
+def test_the_local_cluster_scheduler_expects_long_tasks_to_take_long():
+    """Dask alone expects a task it has not seen finish to take 0.5 s (or twice the time it has
+    run so far), so it queued the graph stage's short tasks behind JoSE; the LocalCluster a run
+    starts is told what the long kinds take (``flows.runtime.TASK_SECONDS``)."""
+    from distributed import Client
+
+    from flows.runtime import TASK_SECONDS, start_local_cluster
+    from kexue.core.config import DaskSpec
+
+    with start_local_cluster(DaskSpec(n_workers=1, dashboard_address="127.0.0.1:0")) as cluster, Client(cluster) as c:
+        long = c.submit(jose_task, 1.0)
+        while not c.processing()[next(iter(c.processing()))]:
+            time.sleep(0.01)
+        occupancy = c.run_on_scheduler(lambda dask_scheduler: [w.occupancy for w in dask_scheduler.workers.values()])
+        assert occupancy == [TASK_SECONDS["jose_task"]]
+        long.result()
