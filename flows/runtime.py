@@ -68,6 +68,8 @@ def loopback_tls_environment() -> dict[str, str]:
     ever checked; with one root in the file the context costs ~1 ms. A CA file or TLS setting
     the user chose is kept (``export_environment`` does not override).
     """
+    if "PREFECT_API_TLS_INSECURE_SKIP_VERIFY" in os.environ:
+        return {}
     import re
 
     import certifi
@@ -80,8 +82,6 @@ def loopback_tls_environment() -> dict[str, str]:
 
         with atomic_path(path, suffix=".pem") as tmp:
             Path(tmp).write_text(first.group(0), encoding="ascii")
-    if "PREFECT_API_TLS_INSECURE_SKIP_VERIFY" in os.environ:
-        return {}
     return {"PREFECT_API_SSL_CERT_FILE": str(path)}
 
 

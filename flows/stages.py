@@ -96,6 +96,10 @@ class StageContext:
         with _SUBMIT, dask.annotate(**self.annotations):
             return self._task(task).submit(*args, **kwargs)
 
+    def submit_long(self, task, *args, **kwargs) -> PrefectFuture:
+        """``submit`` once a task slot is free of long tasks (``LongTaskSlots``): for training tasks."""
+        return self.long_tasks.submit(functools.partial(self.submit, task, *args, **kwargs))
+
     def map(self, task, **kwargs) -> list[PrefectFuture]:
         with _SUBMIT, dask.annotate(**self.annotations):
             return list(self._task(task).map(**kwargs))
@@ -229,8 +233,7 @@ def run_communities(ctx: StageContext, params: CommunityParams, inputs: Inputs) 
 
 def run_jose(ctx: StageContext, params: JoseParams, inputs: Inputs) -> StageOutcome:
     warm = previous_jose_output(ctx.store) if params.warm_start else None
-    fut = ctx.long_tasks.submit(functools.partial(ctx.submit, jose_task, ctx.store, inputs["tokens"],
-                                                  inputs["vocabulary"].files["vocabulary"], params, warm))
+    fut = ctx.submit_long(jose_task, ctx.store, inputs["tokens"], inputs["vocabulary"].files["vocabulary"], params, warm)
     (manifest,) = wait(ctx, [fut], "jose")
     return StageOutcome(manifest, all_cached([fut]))
 
@@ -243,7 +246,7 @@ def run_images(ctx: StageContext, params: ImagesParams, inputs: Inputs) -> Stage
 
 def run_gan(ctx: StageContext, params: GanTrainParams, inputs: Inputs) -> StageOutcome:
     images, spec = inputs["images"], params
-    feature_future = ctx.long_tasks.submit(functools.partial(ctx.submit, feature_net_task, ctx.store, images, spec.feature_net))
+    feature_future = ctx.submit_long(feature_net_task, ctx.store, images, spec.feature_net)
     # The runs get the feature net's manifest, not its future: a future is a Dask dependency,
     # and Dask places a task beside its dependencies' data, so every run queued behind another
     # on the worker that trained the feature net while the other worker sat idle.
