@@ -219,8 +219,10 @@ def _local_cluster_kwargs(spec: DaskSpec) -> dict[str, Any]:
         "processes": spec.processes,
         "memory_limit": spec.memory_limit,
         "dashboard_address": spec.dashboard_address,
-        "host": "127.0.0.1",
         "preload": ["tasks.warmup"],  # first-task imports happen at start-up, not inside a stage
+        # workers in processes talk over TCP, on loopback only; in-process ones over Dask's
+        # in-process transport, whose addresses a host would break (the scheduler fails to start)
+        **({"host": "127.0.0.1"} if spec.processes else {}),
     }
 
 
@@ -248,7 +250,7 @@ def _dask_config(spec: DaskSpec) -> None:
 def task_runner(spec: DaskSpec, address: str | None = None):
     """A DaskTaskRunner for the profile: a LocalCluster it starts, or a scheduler by address
     (the profile's, or ``address`` — a cluster the CLI started for this run)."""
-    from prefect_dask import DaskTaskRunner
+    from flows.dask_runner import DaskTaskRunner
 
     _dask_config(spec)
     client_kwargs = {}

@@ -93,3 +93,36 @@ def test_the_local_cluster_scheduler_expects_long_tasks_to_take_long():
         occupancy = c.run_on_scheduler(lambda dask_scheduler: [w.occupancy for w in dask_scheduler.workers.values()])
         assert occupancy == [TASK_SECONDS["jose_task"]]
         long.result()
+
+
+def test_the_runner_submits_under_fresh_named_keys_without_hashing_arguments(prefect_api, monkeypatch):
+    """Dask hashed every submitted callable and its arguments (the task object, the flow-run
+    context) to name the task: a third of each submit in the flow process. Our runner names
+    it ``<function>-<uuid>`` instead; the prefix is what TASK_SECONDS and the dashboard use."""
+    import re
+
+    import distributed.client
+    from prefect import flow, task
+
+    from flows.runtime import task_runner
+    from kexue.core.config import DaskSpec
+
+    def no_hashing(*args, **kwargs):
+        raise AssertionError("Dask hashed a submitted task's arguments")
+
+    @task(cache_policy=None)
+    def jose_task(x: int) -> int:
+        return 2 * x
+
+    runner = task_runner(DaskSpec(n_workers=1, processes=False, dashboard_address="127.0.0.1:0"))
+
+    @flow(task_runner=runner)
+    def submit_two() -> tuple[list[int], list[str]]:
+        monkeypatch.setattr(distributed.client, "tokenize", no_hashing)  # the cluster is up: only submits are left
+        futures = [jose_task.submit(3), jose_task.submit(3)]
+        return [f.result() for f in futures], [f.wrapped_future.key for f in futures]
+
+    results, keys = submit_two()
+    assert results == [6, 6]
+    assert all(re.fullmatch(r"jose_task-[0-9a-f]{32}", k) for k in keys) and keys[0] != keys[1], keys
+
