@@ -107,6 +107,7 @@ def test_partition_tokens_and_exact_counts(tmp_path, monkeypatch):
     assert [list(t) for t in tokens["tokens"]] == [[w for w in segment(t) if w.strip()] for t in texts]
     assert " " in segment(texts[1]) and "\n" in segment(texts[1])
     assert stats["documents"] == 3000 and stats["seg_docs"] == 3000
+    assert stats["seg_pred"] == sum(len(segment(t)) for t in texts)  # scored with the white space
     assert 0.7 < prf(stats["seg_tp"], stats["seg_pred"], stats["seg_gold"])["f1"] < 0.95
     tpath = tmp_path / "t.parquet"
     tokens.to_parquet(tpath)

@@ -19,7 +19,7 @@ import gc
 import logging
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -53,8 +53,6 @@ _JOINERS = r"+#&._%\-"  # the non-alphanumeric characters of jieba's DAG blocks
 _NON_HAN_BLOCK = re.compile(rf"[a-zA-Z0-9{_JOINERS}]+")
 _FINALSEG_SKIP = re.compile(r"([a-zA-Z0-9]+(?:\.\d+)?%?)")
 _JOINER = re.compile(rf"[{_JOINERS}]")
-# a token finalseg may split: only such characters, at least one a joiner (checked in Arrow)
-_SPLITTABLE = rf"^[a-zA-Z0-9{_JOINERS}]*[{_JOINERS}][a-zA-Z0-9{_JOINERS}]*$"
 
 
 def _split_like_jieba(token: str, is_word: Callable[[str], bool]) -> list[str]:
@@ -169,24 +167,69 @@ def _flat(tokens: list[str]) -> pa.StringArray:
     return pc.split_pattern(pa.array([_SEP.join(tokens)]), _SEP).values if tokens else pa.array([], pa.string())
 
 
-def _split_splittable(tokens: list[str], flat: pa.StringArray) -> tuple[list[str], pa.StringArray]:
+class _Segmented(NamedTuple):
+    """A batch's tokens in one Arrow array, dictionary-encoded once.
+
+    Why one encoding: deciding which tokens are document separators, which are white space
+    and which rjieba token finalseg would split is then a question about each *distinct*
+    token (tens of thousands), not about every token (a million per partition); each of
+    those had been a pass over every token in Arrow, together a quarter of a tokenize task.
+    """
+
+    flat: pa.StringArray  # every token in order; each document's are followed by _DOC_SEP
+    codes: np.ndarray  # each token's index into ``distinct``
+    distinct: list[str]
+
+    @classmethod
+    def of(cls, tokens: list[str]) -> "_Segmented":
+        flat = _flat(tokens)
+        encoded = pc.dictionary_encode(flat)
+        return cls(flat, encoded.indices.to_numpy(zero_copy_only=False), encoded.dictionary.to_pylist())
+
+    def flags(self, test: Callable[[str], bool]) -> np.ndarray:
+        """``test(token)`` for every token, asked once per distinct token."""
+        return np.fromiter(map(test, self.distinct), bool, len(self.distinct))[self.codes]
+
+    def documents(self, n_docs: int, drop_whitespace: bool) -> pa.ListArray:
+        is_sep = self.flags(_DOC_SEP.__eq__)
+        keep = ~(is_sep | self.flags(_is_blank)) if drop_whitespace else ~is_sep
+        return _lists(self.flat, np.cumsum(is_sep), keep, n_docs)
+
+
+def _is_blank(token: str) -> bool:
+    return not token.strip()  # white space only, as str.strip decides in the rest of the pipeline
+
+
+def _split_splittable(tokens: list[str], seg: _Segmented) -> _Segmented:
     """rjieba's HMM tokens re-split as jieba's finalseg splits them (``_split_like_jieba``).
 
-    The few candidates are found in Arrow; a Python loop over every token would cost a fifth
-    of the segmentation."""
+    Which distinct tokens split is asked once each; the few tokens to replace are found by
+    their codes, so no Python loop visits every token unless one needs splitting."""
     import rjieba
 
-    at = np.flatnonzero(pc.fill_null(pc.match_substring_regex(flat, _SPLITTABLE), False).to_numpy(zero_copy_only=False))
-    fixes = [(i, parts) for i, t in zip(at.tolist(), flat.take(pa.array(at)).to_pylist())
-             if (parts := _split_like_jieba(t, rjieba.has_word)) != [t]]
-    if not fixes:
-        return tokens, flat
+    parts_of = {code: parts for code, t in enumerate(seg.distinct)
+                if _JOINER.search(t) and (parts := _split_like_jieba(t, rjieba.has_word)) != [t]}
+    if not parts_of:
+        return seg
+    at = np.flatnonzero(np.isin(seg.codes, np.fromiter(parts_of, np.int64, len(parts_of))))
     pieces, prev = [], 0
-    for i, parts in fixes:
-        pieces += [tokens[prev:i], parts]
+    for i, code in zip(at.tolist(), seg.codes[at].tolist()):
+        pieces += [tokens[prev:i], parts_of[code]]
         prev = i + 1
-    tokens = [t for piece in pieces + [tokens[prev:]] for t in piece]
-    return tokens, _flat(tokens)
+    return _Segmented.of([t for piece in pieces + [tokens[prev:]] for t in piece])
+
+
+def _segment(texts: list[str], p: TokenizeParams) -> _Segmented:
+    """jieba's tokens of every text, the texts joined by ``_DOC_SEP`` and segmented in one call
+    (see ``segment_batch``); no text may hold a separator."""
+    with _gc_paused():
+        tokens = _raw_segmenter(p)(_DOC_SEP.join(texts))
+    seg = _Segmented.of(tokens)
+    return _split_splittable(tokens, seg) if _needs_splitting(p) else seg
+
+
+def _has_separator(texts: list[str]) -> bool:
+    return any(_DOC_SEP in text or _SEP in text for text in texts)
 
 
 def segment_batch(texts: list[str], p: TokenizeParams) -> pa.ListArray:
@@ -198,16 +241,10 @@ def segment_batch(texts: list[str], p: TokenizeParams) -> pa.ListArray:
     (jieba's blocks end at it, so the HMM sees the same runs) and no text holds a separator;
     a batch where one does is segmented text by text.
     """
-    if any(_DOC_SEP in text or _SEP in text for text in texts):
+    if _has_separator(texts):
         segment = make_segmenter(p)
         return pa.array([segment(text) for text in texts], TOKENS_TYPE)
-    with _gc_paused():
-        tokens = _raw_segmenter(p)(_DOC_SEP.join(texts))
-    flat = _flat(tokens)
-    if _needs_splitting(p):
-        tokens, flat = _split_splittable(tokens, flat)
-    is_sep = pc.equal(flat, _DOC_SEP).to_numpy(zero_copy_only=False)
-    return _lists(flat, np.cumsum(is_sep), ~is_sep, len(texts))
+    return _segment(texts, p).documents(len(texts), drop_whitespace=False)
 
 
 def _lists(flat: pa.StringArray, doc: np.ndarray, keep: np.ndarray, n_docs: int) -> pa.ListArray:
@@ -218,11 +255,10 @@ def _lists(flat: pa.StringArray, doc: np.ndarray, keep: np.ndarray, n_docs: int)
 
 
 def drop_whitespace(docs: pa.ListArray) -> pa.ListArray:
-    """``docs`` without the tokens that are only white space (``str.strip`` decides, as in the
-    rest of the pipeline: asked once per distinct token)."""
+    """``docs`` without the tokens that are only white space (asked once per distinct token)."""
     values = docs.flatten()
     distinct = pc.dictionary_encode(values)
-    blank = np.fromiter((not t.strip() for t in distinct.dictionary.to_pylist()), bool, len(distinct.dictionary))
+    blank = np.fromiter(map(_is_blank, distinct.dictionary.to_pylist()), bool, len(distinct.dictionary))
     drop = blank[distinct.indices.to_numpy(zero_copy_only=False)]
     if not drop.any():
         return docs
@@ -243,13 +279,20 @@ def tokenize_partition(ingest_path: str | Path, params: dict[str, Any] | Tokeniz
     chunks: list[pa.Array] = []
     tp = n_pred = n_gold = gold_docs = 0
     for batch in table.select(["text", "gold_tokens"]).to_batches(max_chunksize=BATCH_DOCS):
-        scored = segment_batch(batch.column(0).to_pylist(), p)  # segmentation is scored before white space is dropped
-        gold = batch.column(1)
+        texts, gold = batch.column(0).to_pylist(), batch.column(1)
         has_gold = pc.is_valid(gold)
-        if n := int(pc.sum(has_gold).as_py() or 0):
+        n = int(pc.sum(has_gold).as_py() or 0)
+        if _has_separator(texts):
+            scored = segment_batch(texts, p)
+            kept = drop_whitespace(scored) if p.drop_whitespace else scored
+        else:  # segmented once; the tokens with white space only where they are scored
+            seg = _segment(texts, p)
+            kept = seg.documents(len(texts), p.drop_whitespace)
+            scored = seg.documents(len(texts), False) if n and p.drop_whitespace else kept
+        if n:  # segmentation is scored before white space is dropped
             counts = segmentation_counts(scored.filter(has_gold), gold.filter(has_gold))
             tp, n_pred, n_gold, gold_docs = tp + counts[0], n_pred + counts[1], n_gold + counts[2], gold_docs + n
-        chunks.append(drop_whitespace(scored) if p.drop_whitespace else scored)
+        chunks.append(kept)
     tokens = pa.chunked_array(chunks, TOKENS_TYPE)
     out = pa.table({"doc_id": table.column("doc_id"), "source": table.column("source"),
                     "label": table.column("label"), "tokens": tokens})
