@@ -13,9 +13,10 @@ Prefect sends the flow run's context — the flow object included — with every
 worker imports the flow's module, ``flows.pipeline``, and with it every task module the
 stage runners submit from (``flows.stages``' imports; a new stage's tasks come along with
 no list to edit). Those load without TensorFlow, which only the JoSE and GAN tasks import,
-when they run. The segmenter (rjieba loads its dictionary on import, 0.2 s) and the plotting
-modules (0.8 s, for the plot most stages write) are preloaded too: imported in the fork
-server they cost the run that CPU once, off every stage's path, and their pages are shared.
+when they run. The segmenter (rjieba loads its dictionary on import, 0.2 s) and matplotlib,
+with one small figure drawn (``tasks.plot_warmup``: 0.8 s of imports and 0.2 s of a first
+draw, for the plot most stages write), are preloaded too: done in the fork server they cost
+the run that CPU once, off every stage's path, and their pages are shared.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import time
 log = logging.getLogger("kexue.warmup")
 
 MODULES = ("prefect.task_engine", "prefect.results", "flows.pipeline",
-           "rjieba", "matplotlib.figure", "matplotlib.backends.backend_agg")
+           "rjieba", "tasks.plot_warmup")
 
 
 def dask_setup(worker) -> None:  # the hook Dask calls for a worker preload

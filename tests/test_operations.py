@@ -201,9 +201,9 @@ def test_pipeline_on_an_existing_dask_cluster(tmp_path, prefect_api):
         # the documented preload ran, and text stages never made a worker import TensorFlow
         # (unpickling the flow imports flows.*; that must stay free of it)
         with Client(f"tcp://127.0.0.1:{port}", timeout=60) as c:
-            loaded = c.run(lambda: {m: m in sys.modules for m in ("tasks.warmup", "tasks.text", "tensorflow")})
+            loaded = c.run(lambda: {m: m in sys.modules for m in ("tasks.warmup", "tasks.text", "tasks.plot_warmup", "tensorflow")})
         assert len(loaded) == 2
-        assert all(v == {"tasks.warmup": True, "tasks.text": True, "tensorflow": False} for v in loaded.values()), loaded
+        assert all(v == {"tasks.warmup": True, "tasks.text": True, "tasks.plot_warmup": True, "tensorflow": False} for v in loaded.values()), loaded
     finally:
         for w in workers:
             w.stop()
