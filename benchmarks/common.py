@@ -30,13 +30,21 @@ def role(p: psutil.Process, root: int) -> str:
 
 
 class PeakRSS:
-    """Sample a process tree in a background thread: the peak of its summed RSS, and for
-    each process (``processes``: pid -> role, peak RSS bytes, last CPU seconds seen)."""
+    """Sample a process tree in a background thread: the peak of its summed RSS and of its
+    summed PSS, and for each process (``processes``: pid -> role, peak RSS and PSS bytes,
+    last CPU seconds seen).
+
+    Why PSS too: Dask workers forked from a fork server share its pages (Python, Prefect,
+    pyarrow, rjieba's dictionary) until they write to them, and RSS counts a shared page once
+    in every process that maps it; PSS splits it between them, so the summed PSS is the
+    memory the tree takes from the machine, and the gap to the summed RSS is what fork shares.
+    """
 
     def __init__(self, pid: int, interval: float = 0.05):
         self.proc = psutil.Process(pid)
         self.interval = interval
         self.peak = 0
+        self.peak_pss = 0
         self.processes: dict[int, dict[str, Any]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -47,23 +55,24 @@ class PeakRSS:
                 procs = [self.proc] + self.proc.children(recursive=True)
             except psutil.Error:
                 return
-            total = 0
+            total = total_pss = 0
             for p in procs:
                 try:
                     with p.oneshot():
-                        rss, cpu = p.memory_info().rss, p.cpu_times()
-                        entry = self.processes.get(p.pid) or {"role": role(p, self.proc.pid), "rss": 0, "cpu": 0.0}
+                        mem, cpu = p.memory_full_info(), p.cpu_times()
+                        entry = self.processes.get(p.pid) or {"role": role(p, self.proc.pid), "rss": 0, "pss": 0, "cpu": 0.0}
                 except psutil.Error:
                     continue
-                total += rss
-                entry.update(rss=max(entry["rss"], rss), cpu=max(entry["cpu"], cpu.user + cpu.system))
+                total, total_pss = total + mem.rss, total_pss + mem.pss
+                entry.update(rss=max(entry["rss"], mem.rss), pss=max(entry["pss"], mem.pss), cpu=max(entry["cpu"], cpu.user + cpu.system))
                 self.processes[p.pid] = entry
-            self.peak = max(self.peak, total)
+            self.peak, self.peak_pss = max(self.peak, total), max(self.peak_pss, total_pss)
             time.sleep(self.interval)
 
     def by_process(self, min_mib: float = 20) -> list[dict[str, Any]]:
-        """Each process's role, peak RSS (MiB) and CPU seconds, leaving out tiny helpers."""
-        return [{"role": e["role"], "peak_rss_mib": round(e["rss"] / 2**20, 1), "cpu_seconds": round(e["cpu"], 2)}
+        """Each process's role, peak RSS and PSS (MiB) and CPU seconds, leaving out tiny helpers."""
+        return [{"role": e["role"], "peak_rss_mib": round(e["rss"] / 2**20, 1), "peak_pss_mib": round(e["pss"] / 2**20, 1),
+                 "cpu_seconds": round(e["cpu"], 2)}
                 for _, e in sorted(self.processes.items()) if e["rss"] >= min_mib * 2**20]
 
     def __enter__(self) -> "PeakRSS":
@@ -83,7 +92,8 @@ def _child(fn: Callable[..., Any], args: tuple, conn) -> None:
 
 
 def measure(fn: Callable[..., dict], *args: Any) -> dict:
-    """Run ``fn(*args)`` in a fresh process; return its result dict plus peak memory in MiB.
+    """Run ``fn(*args)`` in a fresh process; return its result dict plus peak memory in MiB
+    (the tree's summed RSS and summed PSS, and each process's).
 
     ``fn`` reports its own wall seconds (so start-up of the child is not counted).
     """
@@ -97,6 +107,7 @@ def measure(fn: Callable[..., dict], *args: Any) -> dict:
     if status != "ok":
         raise RuntimeError(result)
     result["peak_rss_mib"] = round(peak.peak / 2**20, 1)
+    result["peak_pss_mib"] = round(peak.peak_pss / 2**20, 1)
     result["processes"] = peak.by_process()
     return result
 
