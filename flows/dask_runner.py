@@ -4,9 +4,10 @@ Why: Prefect's runner submits with Dask's default ``pure=True``, so Dask names e
 hashing the callable and all its arguments: the task object (pickled by value, as its wrapper
 is a closure), the parameters and the serialised flow-run context: a quarter of every submit
 in the flow process (median 76–102 → 54–76 ms), paid one task at a time while, in the
-tokenize stage, the second worker waited for its first partition. The hash buys nothing: every task run carries a
-new run id, so its key is unique anyway. The key's prefix stays the function's name, which
-the dashboard groups by and ``flows.runtime.TASK_SECONDS`` is looked up under.
+tokenize stage, the second worker waited for its first partition. The hash buys nothing:
+every task run carries a new run id, so its key is unique anyway. The key's prefix stays the
+function's name, which the dashboard groups by and ``flows.runtime.TASK_SECONDS`` is looked
+up under.
 
 A module of its own because importing it imports Prefect and Dask, which ``kexue check``
 does not need; and at module level because the runner travels with the flow to every task
@@ -35,6 +36,8 @@ class _FreshKeyClient:
 
 
 class DaskTaskRunner(prefect_dask.DaskTaskRunner):
+    """``prefect_dask.DaskTaskRunner`` whose submits go through ``_FreshKeyClient``."""
+
     @property
     def client(self) -> Any:
         return _FreshKeyClient(super().client)
