@@ -18,7 +18,7 @@ from prefect import unmapped
 from prefect.futures import PrefectFuture, as_completed
 
 from flows import registry
-from kexue.core.artifacts import Manifest
+from kexue.core.artifacts import FileRef, Manifest
 from kexue.embed.params import JoseParams
 from kexue.gan.data import image_source_fingerprint
 from kexue.gan.params import DSM_VARIANT, GanEvalParams, GanTrainParams, ImagesParams
@@ -70,6 +70,20 @@ class LongTaskSlots:
             self._changed.notify_all()
 
 
+def largest_first(costs: list) -> list[int]:
+    """Indices of ``costs`` from the largest down (ties in their order): the order to submit a
+    stage's tasks in, as they start in submission order (the LPT rule: the small ones fill the end)."""
+    return sorted(range(len(costs)), key=lambda i: costs[i], reverse=True)
+
+
+def in_original_order(order: list[int], items: list) -> list:
+    """``items``, given in ``order`` (as from ``largest_first``), back in their original order."""
+    out = [None] * len(items)
+    for i, item in zip(order, items):
+        out[i] = item
+    return out
+
+
 @dataclass
 class StageContext:
     store: Store
@@ -103,6 +117,17 @@ class StageContext:
     def map(self, task, **kwargs) -> list[PrefectFuture]:
         with _SUBMIT, dask.annotate(**self.annotations):
             return list(self._task(task).map(**kwargs))
+
+    def map_files(self, task, name: str, files: list[FileRef], **kwargs) -> list[PrefectFuture]:
+        """``map`` the task over ``files`` (passed as argument ``name``), submitting the largest
+        file first; the futures come back in the order of ``files``.
+
+        Why: a stage's tasks start in the order they were submitted. Content-defined partitions
+        differ in size, and a large one submitted last ran alone at the end of its stage while
+        the other workers idled; largest first, the small ones fill the end (the LPT rule).
+        """
+        order = largest_first([f.bytes for f in files])
+        return in_original_order(order, self.map(task, **{name: [files[i] for i in order]}, **kwargs))
 
 
 @dataclass
@@ -162,8 +187,8 @@ def run_ingest(ctx: StageContext, params: IngestParams, inputs: Inputs) -> Stage
 
 
 def run_tokenize(ctx: StageContext, params: TokenizeParams, inputs: Inputs) -> StageOutcome:
-    futures = ctx.map(tokenize_partition_task, store=unmapped(ctx.store), partition=inputs["documents"].partitions,
-                                                 params=unmapped(params))
+    futures = ctx.map_files(tokenize_partition_task, "partition", inputs["documents"].partitions,
+                            store=unmapped(ctx.store), params=unmapped(params))
     results: list[Manifest] = wait(ctx, list(futures), f"tokenize {len(futures)} partitions")
     metrics = summarize_partitions([m.metrics for m in results])
     metrics["partitions_cached"] = sum(f.state.name == "Cached" for f in futures)
@@ -213,8 +238,8 @@ def run_graph(ctx: StageContext, params: GraphParams, inputs: Inputs) -> StageOu
     futures: list[PrefectFuture] = []
     total = None
     if params.source == "cooccurrence":
-        parts = list(ctx.map(cooccurrence_partition_task, store=unmapped(ctx.store), tokens=inputs["tokens"].partitions,
-                                                     vocabulary=unmapped(vocab), params=unmapped(params)))
+        parts = ctx.map_files(cooccurrence_partition_task, "tokens", inputs["tokens"].partitions,
+                              store=unmapped(ctx.store), vocabulary=unmapped(vocab), params=unmapped(params))
         (total,), merges = tree_reduce(ctx, cooccurrence_merge_task, parts)
         futures += parts + merges
     build = ctx.submit(graph_build_task, ctx.store, total, vocab, params, jose)
@@ -264,11 +289,11 @@ def run_gan(ctx: StageContext, params: GanTrainParams, inputs: Inputs) -> StageO
         cost += [(spec.dsm.steps, 1)] * len(spec.seeds)
     # Longest first (member-steps, then cascades): tasks start one per slot as slots free up,
     # so the run started last decides the stage's tail; a short one there leaves no slot idle for long.
-    order = sorted(range(len(jobs)), key=lambda i: cost[i], reverse=True)
+    order = largest_first(cost)
     n_variants = len(spec.variants) + (spec.dsm is not None)
     started = wait_bounded(ctx, [submits[i] for i in order],
                            f"gan: {n_variants} variants × {len(spec.seeds)} seeds in {len(submits)} tasks")
-    futures = [future for _, future in sorted(zip(order, started))]  # back in the jobs' order
+    futures = in_original_order(order, started)
     files, table, seconds = gather_runs(
         [(variant, seeds, f.result().files, f.result().metrics) for (variant, seeds), f in zip(jobs, futures)],
         first_seed=spec.seeds[0])

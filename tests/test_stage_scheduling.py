@@ -126,3 +126,34 @@ def test_the_runner_submits_under_fresh_named_keys_without_hashing_arguments(pre
     assert results == [6, 6]
     assert all(re.fullmatch(r"jose_task-[0-9a-f]{32}", k) for k in keys) and keys[0] != keys[1], keys
 
+
+
+def test_partitions_are_submitted_largest_first_and_come_back_in_order(prefect_api):
+    """A large partition submitted last ran alone at the end of its stage; largest first,
+    the small ones fill the end. The futures keep the partitions' order (merges downstream
+    depend on it)."""
+    from prefect import flow, task
+    from prefect.utilities.annotations import unmapped
+
+    from flows.runtime import task_runner
+    from flows.stages import StageContext
+    from kexue.core.artifacts import FileRef
+    from kexue.core.config import DaskSpec
+    from tasks.caching import Store
+
+    @task(cache_policy=None)
+    def started(partition: FileRef, pause: float) -> tuple[str, float]:
+        t = time.monotonic()
+        time.sleep(pause)
+        return partition.path, t
+
+    files = [FileRef(path=name, sha256="0" * 64, bytes=size) for name, size in [("a", 5), ("b", 50), ("c", 1), ("d", 20)]]
+
+    @flow(task_runner=task_runner(DaskSpec(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0")))
+    def run() -> list[tuple[str, float]]:
+        ctx = StageContext(store=Store("unused", "unused"))
+        return [f.result() for f in ctx.map_files(started, "partition", files, pause=unmapped(0.05))]
+
+    results = run()
+    assert [name for name, _ in results] == ["a", "b", "c", "d"]
+    assert [name for name, _ in sorted(results, key=lambda r: r[1])] == ["b", "d", "a", "c"]
