@@ -242,9 +242,14 @@ def segment_batch(texts: list[str], p: TokenizeParams) -> pa.ListArray:
     a batch where one does is segmented text by text.
     """
     if _has_separator(texts):
-        segment = make_segmenter(p)
-        return pa.array([segment(text) for text in texts], TOKENS_TYPE)
+        return _segment_each(texts, p)
     return _segment(texts, p).documents(len(texts), drop_whitespace=False)
+
+
+def _segment_each(texts: list[str], p: TokenizeParams) -> pa.ListArray:
+    """jieba's tokens of every text, one segmenter call per text (for texts holding a separator)."""
+    segment = make_segmenter(p)
+    return pa.array([segment(text) for text in texts], TOKENS_TYPE)
 
 
 def _lists(flat: pa.StringArray, doc: np.ndarray, keep: np.ndarray, n_docs: int) -> pa.ListArray:
@@ -283,7 +288,7 @@ def tokenize_partition(ingest_path: str | Path, params: dict[str, Any] | Tokeniz
         has_gold = pc.is_valid(gold)
         n = int(pc.sum(has_gold).as_py() or 0)
         if _has_separator(texts):
-            scored = segment_batch(texts, p)
+            scored = _segment_each(texts, p)
             kept = drop_whitespace(scored) if p.drop_whitespace else scored
         else:  # segmented once; the tokens with white space only where they are scored
             seg = _segment(texts, p)
