@@ -95,6 +95,8 @@ def stages(config: str, profile: str, overrides: list[str], selected: list[str],
                 logger.error("stage %s failed: %s", name, e)
             else:
                 entry.update(cached=False, reason=result.reason)
+            label = {"completed": "cached " if entry.get("cached") else "done   ", "failed": "FAILED ", "skipped": "skipped"}
+            board.line(f"{label[result.status]} {name:<12} {entry['seconds']:8.2f}s" + (f"  ({result.reason})" if result.reason else ""))
             with lock:
                 record.stage(order, **entry)
             if result.status == "completed":
@@ -102,8 +104,6 @@ def stages(config: str, profile: str, overrides: list[str], selected: list[str],
                 publish.stage(entry)
                 for key, (rows, description) in result.value.tables.items():
                     publish.table(f"{name}-{key}", rows, description)
-            label = {"completed": "cached " if entry.get("cached") else "done   ", "failed": "FAILED ", "skipped": "skipped"}
-            board.line(f"{label[result.status]} {name:<12} {entry['seconds']:8.2f}s" + (f"  ({result.reason})" if result.reason else ""))
 
         results = execute(dag, run_stage, finished)
     failed = [n for n in dag if results[n].status == "failed"]

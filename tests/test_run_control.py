@@ -34,6 +34,20 @@ def test_execute_overlaps_independent_nodes_and_orders_dependent_ones():
     assert r["d"].started >= max(r["a"].finished, r["c"].finished)
 
 
+def test_dependents_start_before_the_bookkeeping_of_their_input():
+    """on_done (the run record, Prefect artifacts: API calls) is off the critical path."""
+    bookkept: dict[str, float] = {}
+
+    def on_done(name: str, result) -> None:
+        if name == "a":
+            time.sleep(0.3)
+        bookkept[name] = time.time()
+
+    r = execute({"a": [], "b": ["a"]}, lambda name: name, on_done=on_done)
+    assert r["b"].started >= r["a"].finished
+    assert r["b"].started < bookkept["a"] - 0.2, (r["b"].started, bookkept["a"])
+
+
 def test_a_failed_node_skips_its_dependents_and_spares_other_branches():
     def run(name: str) -> str:
         if name == "bad":

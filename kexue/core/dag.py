@@ -85,25 +85,34 @@ def execute(
     running: dict[Future, str] = {}
     pending = list(inputs)
     with ThreadPoolExecutor(max_workers=max(1, len(inputs)), thread_name_prefix="stage") as pool:
-        while pending or running:
+
+        def start_ready() -> list[str]:
+            """Start every pending node whose inputs completed, skip those whose input failed
+            (in order, so a skip reaches the dependents' dependents); return the skipped."""
+            skipped = []
             for name in list(pending):
                 bad = [u for u in inputs[name] if u in results and results[u].status in ("failed", "skipped")]
                 if bad or should_stop():
                     pending.remove(name)
                     why = f"input {bad[0]!r} {results[bad[0]].status}" if bad else "the run was stopped"
                     results[name] = NodeResult("skipped", reason=why)
+                    skipped.append(name)
                 elif all(u in results and results[u].status == "completed" for u in inputs[name]):
                     pending.remove(name)
                     results[name] = NodeResult("running", started=time.time())
                     ctx = contextvars.copy_context()  # the thread sees the caller's context (e.g. the flow run)
                     running[pool.submit(ctx.run, run, name)] = name
-                else:
-                    continue
-                if results[name].status == "skipped" and on_done:
+            return skipped
+
+        ended = start_ready()
+        while True:
+            if on_done:
+                for name in ended:
                     on_done(name, results[name])
             if not running:
-                continue
+                break
             finished, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
+            ended = []
             for fut in finished:
                 name = running.pop(fut)
                 r = results[name]
@@ -112,6 +121,8 @@ def execute(
                     r.value, r.status = fut.result(), "completed"
                 except BaseException as e:  # noqa: BLE001 - recorded, then the caller decides
                     r.error, r.status = e, "failed"
-                if on_done:
-                    on_done(name, r)
+                ended.append(name)
+            # dependents start before the finished nodes' bookkeeping (on_done: the run record,
+            # Prefect artifacts over the API), which so stays off the critical path
+            ended += start_ready()
     return results
