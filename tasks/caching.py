@@ -32,6 +32,7 @@ from pydantic import BaseModel
 
 from kexue.core.artifacts import FileRef, Manifest, sha256_text, stable_json, write_json_atomic
 from tasks.code_version import code_version
+from tasks.memory import release_freed_memory
 
 log = logging.getLogger("kexue.cache")
 
@@ -143,7 +144,10 @@ def kexue_task(name: str, **task_options) -> Callable:
             entry = _read_index(index) or {"key": base, "repaired": None}
             if os.environ.get("KEXUE_INJECT_FAILURE") == name:  # fault-injection hook for resume tests
                 raise RuntimeError(f"injected failure in task {name!r} (KEXUE_INJECT_FAILURE)")
-            result = fn(*args, **kwargs)
+            try:
+                result = fn(*args, **kwargs)
+            finally:
+                release_freed_memory()  # the worker keeps running other tasks (tasks.memory)
             recorded = result if isinstance(result, Manifest) else Manifest(stage=name, partitions=[result])
             if isinstance(result, Manifest):
                 result.metrics.setdefault("worker", worker_name())
