@@ -277,12 +277,18 @@ def start_local_cluster(spec: DaskSpec):
     """
     import dask
     import distributed
-    from distributed.utils import get_mp_context
+    import distributed.utils
 
     _dask_config(spec)
     dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
     if spec.processes:
-        get_mp_context().set_forkserver_preload(["distributed", *MODULES])  # after Dask set its own list, once
+        # Dask's first get_mp_context() sets its own preload list, importing every package it
+        # could preload (pandas, pyarrow, …) into this process to see which are installed; this
+        # process only submits tasks and needs none of them (tasks.warmup). Ours replaces that
+        # list, so tell Dask it is set; should that flag go, Dask imports them as before and
+        # the line after still puts our list in place.
+        distributed.utils._forkserver_preload_set = True
+        distributed.utils.get_mp_context().set_forkserver_preload(["distributed", *MODULES])
     return distributed.LocalCluster(**_local_cluster_kwargs(spec))
 
 

@@ -25,7 +25,7 @@ from kexue.gan.params import DSM_VARIANT, GanEvalParams, GanTrainParams, ImagesP
 from kexue.gan.results import gather_runs
 from kexue.graph.params import CommunityParams, GraphParams
 from kexue.text.params import CountParams, IngestParams, TokenizeParams
-from kexue.text.tokenize import summarize_partitions
+from kexue.text.scores import summarize_partitions
 from tasks.caching import Store
 from tasks.gan import dsm_run_task, feature_net_task, gan_eval_task, gan_run_task, images_task
 from tasks.jose import jose_task

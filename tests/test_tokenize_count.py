@@ -11,7 +11,8 @@ import pytest
 from kexue.text import count as kcount
 from kexue.text import tokenize as ktok
 from kexue.text.corpora import peoples_daily, reviews
-from kexue.text.tokenize import TokenizeParams, effective_backend, make_segmenter, prf, segmentation_counts, tokenize_partition
+from kexue.text.scores import prf
+from kexue.text.tokenize import TokenizeParams, effective_backend, make_segmenter, segmentation_counts, tokenize_partition
 
 
 def default_corpus_texts() -> list[str]:

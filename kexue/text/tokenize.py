@@ -135,12 +135,6 @@ def segmentation_counts(pred: pa.Array | list[list[str]], gold: pa.Array | list[
     return tp, len(p_len), len(g_len)
 
 
-def prf(tp: int, n_pred: int, n_gold: int) -> dict[str, float]:
-    p = tp / n_pred if n_pred else 0.0
-    r = tp / n_gold if n_gold else 0.0
-    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
-
-
 TOKENS_TYPE = pa.list_(pa.string())
 BATCH_DOCS = 4096  # documents segmented in one call: the Python token strings of one batch are alive at once
 _SEP = "\x1f"  # ASCII unit separator: joins tokens on their way into Arrow
@@ -311,16 +305,3 @@ def tokenize_partition(ingest_path: str | Path, params: dict[str, Any] | Tokeniz
         "seg_docs": gold_docs,
     }
     return out, stats
-
-
-def summarize_partitions(stats: list[dict[str, Any]]) -> dict[str, Any]:
-    """The tokenize stage's metrics from its partitions' stats: totals, and segmentation
-    precision/recall/F1 over every gold token (not an average of per-partition scores)."""
-    totals = {k: sum(s.get(k, 0) for s in stats) for k in ("documents", "tokens", "characters",
-                                                           "seg_tp", "seg_pred", "seg_gold", "seg_docs")}
-    metrics: dict[str, Any] = {"partitions": len(stats), "documents": totals["documents"],
-                               "tokens": totals["tokens"], "characters": totals["characters"]}
-    if totals["seg_docs"]:
-        metrics["segmentation"] = {**prf(totals["seg_tp"], totals["seg_pred"], totals["seg_gold"]),
-                                   "documents": totals["seg_docs"]}
-    return metrics

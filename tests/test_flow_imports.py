@@ -1,0 +1,60 @@
+"""The flow process only submits tasks: it imports none of the data libraries, and the
+workers' preload (tasks.warmup) imports every library module the text and graph tasks use."""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_LIBRARIES = ["pandas", "pyarrow", "scipy", "infomap", "matplotlib", "tensorflow", "rjieba", "jieba"]
+
+
+def _python(code: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_flow_process_with_its_local_cluster_imports_no_data_library():
+    loaded = _python(f"""
+import json, sys
+if __name__ == "__main__":
+    import flows.pipeline
+    from flows import runtime
+    from kexue.core.config import DaskSpec
+    cluster = runtime.start_local_cluster(DaskSpec(n_workers=1, dashboard_address="127.0.0.1:0", memory_limit=None))
+    cluster.close()
+    print(json.dumps([m for m in {DATA_LIBRARIES!r} if m in sys.modules]))
+""")
+    assert loaded == [], f"the flow process imported {loaded}"
+
+
+def _imports_inside_functions(path: Path) -> set[str]:
+    names = set()
+    for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(fn, ast.FunctionDef):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import):
+                    names |= {a.name for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    names |= {f"{node.module}.{a.name}" for a in node.names} | {node.module}
+    return names
+
+
+def test_the_worker_preload_imports_what_the_text_and_graph_tasks_import_when_they_run():
+    wanted = set().union(*(_imports_inside_functions(ROOT / "tasks" / f) for f in ("text.py", "graph.py")))
+    assert {"kexue.text.tokenize", "kexue.graph.communities", "pyarrow.parquet"} <= wanted  # the parse sees them
+    missing = _python(f"""
+import importlib, json, sys
+from tasks.warmup import MODULES
+for name in MODULES:
+    importlib.import_module(name)
+# "from a import b" is met by a module a.b or by a name b in a
+print(json.dumps([n for n in {sorted(wanted)!r}
+                  if n not in sys.modules and not (n.rpartition(".")[0] in sys.modules
+                                                   and hasattr(sys.modules[n.rpartition(".")[0]], n.rpartition(".")[2]))]))
+""")
+    assert missing == [], f"tasks.warmup.MODULES does not preload {missing}"
