@@ -170,8 +170,9 @@ def pipeline(backend: str, k: int, out: str, partition_bytes: int) -> dict:
     from flows import runtime
     from flows.registry import load
 
-    # max_partition_factor 1: cut at partition_bytes, so the k copies split into even parts
-    # (content-defined cuts fall at the same documents in every copy of a replicated corpus)
+    # max_partition_factor 1: no partition beyond partition_bytes. The content-defined cuts fall
+    # at the same documents in every copy of a replicated corpus: at k=5, five partitions of about
+    # one copy each and a small one, i.e. three rounds on two workers
     overrides = [f"ingest.sources=[{corpus_file}]", "ingest.deduplicate=false",
                  f"ingest.partition_bytes={partition_bytes}", "ingest.max_partition_factor=1.0",
                  f"tokenize.backend={backend}"]
@@ -203,7 +204,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--k", type=int, default=5, help="replicate the corpus k times")
     ap.add_argument("--methods", default="naive,batched,pool2,jieba_parallel2,rjieba_bound,pipeline_jieba,pipeline_rjieba")
-    ap.add_argument("--partition-bytes", type=int, default=14_000_000, help="about half the k=5 corpus: one partition per worker")
+    ap.add_argument("--partition-bytes", type=int, default=14_000_000,
+                    help="target bytes per partition, also cut hard there. The cuts are content-defined, so "
+                         "they fall at the same documents in every copy of the replicated corpus: at k=5 "
+                         "this gives five partitions of about one copy each and a small one")
     args = ap.parse_args()
     load_before = os.getloadavg()
     out_dir = Path(tempfile.mkdtemp(prefix="kexue-bench-counts-"))
