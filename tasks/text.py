@@ -43,6 +43,15 @@ def _save_counts(directory: Path, table: pa.Table) -> FileRef:
     return save_content_addressed(directory, ".parquet", lambda t: pq.write_table(table, t))
 
 
+def _summed(partials: list[FileRef]) -> pa.Table:
+    """The sum of partial count files (token, count, doc_freq)."""
+    import pyarrow.parquet as pq
+
+    from kexue.text import count as kcount
+
+    return kcount.merge_partials([pq.read_table(p.path) for p in partials])
+
+
 @kexue_task("tokenize-partition")
 def tokenize_partition_task(store: Store, partition: FileRef, params: TokenizeParams) -> Manifest:
     """Tokens of one partition, and their counts — taken while the tokens are in memory."""
@@ -63,21 +72,15 @@ def tokenize_partition_task(store: Store, partition: FileRef, params: TokenizePa
 
 @kexue_task("count-merge")
 def merge_counts_task(store: Store, partials: list[FileRef]) -> FileRef:
-    import pyarrow.parquet as pq
-
-    from kexue.text import count as kcount
-
-    return _save_counts(store.stage_dir("count") / "partials", kcount.merge_partials([pq.read_table(p.path) for p in partials]))
+    return _save_counts(store.stage_dir("count") / "partials", _summed(partials))
 
 
 @kexue_task("vocabulary")
 def vocabulary_task(store: Store, partials: list[FileRef]) -> Manifest:
     """Sum the last partials, rank, flag, plot."""
-    import pyarrow.parquet as pq
-
     from kexue.text import count as kcount
 
-    vocab = kcount.vocabulary(kcount.merge_partials([pq.read_table(p.path) for p in partials]))
+    vocab = kcount.vocabulary(_summed(partials))
     ref = save_content_addressed(store.stage_dir("count") / "vocabulary", ".parquet", lambda t: vocab.to_parquet(t, index=False))
     plot = kcount.plot_rank_frequency(vocab, store.stage_dir("count", ref.sha256) / "rank_frequency.png")
     return Manifest(stage="count", files={"vocabulary": ref, "rank_frequency_png": FileRef.of(plot)},
