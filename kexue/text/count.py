@@ -128,6 +128,9 @@ def plot_rank_frequency(vocab: pd.DataFrame, path: str | Path) -> Path:
     ax.loglog(*log_spaced(vocab["count"].to_numpy()), lw=1.5, label="all tokens")
     content = vocab.loc[~vocab["is_stopword"] & ~vocab["is_punct"], "count"].to_numpy()
     ax.loglog(*log_spaced(content), lw=1.2, label="without stop words / punctuation")
+    # no minor ticks: on two log axes they are ~100 tick artists, half the drawing time of the
+    # count stage's one plot (0.49 -> 0.17-0.21 s on 72k types); the decades carry the reading
+    ax.minorticks_off()
     ax.set_xlabel("rank")
     ax.set_ylabel("count")
     ax.set_title(f"rank-frequency, {len(vocab):,} types, {int(vocab['count'].sum()):,} tokens")
