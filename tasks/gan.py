@@ -78,7 +78,7 @@ class ProgressLines:
 @kexue_task("gan-run", retries=0)
 def gan_run_task(store: Store, images: Manifest, feature_net: Manifest, variant: str, params: GanRunParams,
                  seeds: list[int]) -> Manifest:
-    """Train one variant for its seeds (together, as one model), tracking FID; resumable per epoch.
+    """Train one variant for its seeds (together, as one model), tracking FID; resumable from its last checkpoint.
 
     Files are ``s<seed>/<name>``; metrics ``{"variant", "runs": {seed: summary}}`` (the full
     per-seed histories are in the ``s<seed>/history`` files).

@@ -254,6 +254,31 @@ def test_gan_trains_checkpoints_and_resumes_equal_to_an_uninterrupted_run(tmp_pa
         train_gan(tiny_images, str(tmp_path / "run"), _tiny(cascades=4, epochs=4), SEEDS, str(tmp_path / "ckpt"))
 
 
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt_at(at_step: int):
+    def progress(step, total, info):
+        if step == at_step:
+            raise _Interrupted
+    return progress
+
+
+@pytest.mark.parametrize("checkpoint_seconds, resumed_from", [(0, 8), (3600, 0)])
+def test_checkpoints_at_most_one_per_checkpoint_seconds_and_one_at_the_end(tmp_path, tiny_images, checkpoint_seconds,
+                                                                         resumed_from):
+    """0 writes one every epoch, so a run interrupted after its second epoch resumes there; with
+    an hour between them only the end writes one, so the interrupted run starts over."""
+    p = _tiny(epochs=3, checkpoint_seconds=checkpoint_seconds)
+    with pytest.raises(_Interrupted):
+        train_gan(tiny_images, str(tmp_path / "run"), p, [3], str(tmp_path / "ckpt"), progress=_interrupt_at(8))
+    again = train_gan(tiny_images, str(tmp_path / "run"), p, [3], str(tmp_path / "ckpt"))
+    assert (again[3]["metrics"]["resumed_from_step"], again[3]["metrics"]["step"]) == (resumed_from, 12)
+    done = train_gan(tiny_images, str(tmp_path / "run"), p, [3], str(tmp_path / "ckpt"))  # the end wrote one
+    assert done[3]["metrics"]["resumed_from_step"] == 12
+
+
 @pytest.mark.slow  # trains a TF model for tens of seconds: CI runs it, make test-fast skips it
 def test_resume_equals_uninterrupted_run_under_the_default_adam(tmp_path, tiny_images):
     """Plain Adam (the pipeline's optimizer) on both sides, seeds one after another."""

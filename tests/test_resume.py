@@ -75,7 +75,7 @@ def test_sigkill_during_jose_resumes_from_the_last_epoch(project):
 
 def test_sigkill_during_gan_training_resumes_from_the_last_checkpoint(project):
     overrides = ["gan.variants={cr2: {cascades: 2}}", "gan.seeds=[0]",
-                 "gan.train={steps: 1500, eval_every: 500, eval_samples: 300}"]
+                 "gan.train={steps: 1500, eval_every: 500, eval_samples: 300, checkpoint_seconds: 0}"]
     checkpoints = project.data / "artifacts" / "gan-checkpoints"
     kill_when(project, kexue_run(project, "gan", overrides), lambda: any(checkpoints.glob("*/seeds-*/checkpoint")))
     summary = project.run(["gan"], overrides)

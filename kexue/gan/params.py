@@ -63,6 +63,10 @@ class GanRunParams(BaseModel):
     eval_every: int = Field(500, ge=1)  # steps; FID at the first epoch end past each multiple, and at the end
     eval_samples: int = Field(2000, ge=2)  # generated images per evaluation (capped at the real set's size)
     grid: int = Field(10, ge=1)  # sample grids are grid × grid images
+    # At most one checkpoint per this many seconds of training, and one at the end (0: every
+    # epoch). One holds every member's weights and optimizer state: written every epoch (56
+    # steps) it was 8 % of a run; a resumed run redoes at most this much, with the same result.
+    checkpoint_seconds: float = Field(20.0, ge=0)
 
     @field_validator("loss")
     @classmethod

@@ -92,7 +92,7 @@ class _Run:
         self.y_eval = None if labels is None else np.stack(
             [np.random.default_rng([s, 2]).permutation(labels)[:eval_samples] for s in self.seeds]).astype(np.int32)
         self.writers = {s: tf.summary.create_file_writer(str(out / f"s{s}" / "tensorboard")) for s in self.seeds}
-        self.t0 = time.perf_counter()
+        self.t0 = self.saved_at = time.perf_counter()
 
     def member(self, seed: int) -> dict[str, Any]:
         return self.state["members"][str(seed)]
@@ -134,7 +134,9 @@ class _Run:
             self.state["eval_seconds"] += time.perf_counter() - t_eval
         for writer in self.writers.values():
             writer.flush()
-        self.ckpt.save(self.state, self.best)
+        if step >= self.total_steps or time.perf_counter() - self.saved_at >= self.p.checkpoint_seconds:
+            self.ckpt.save(self.state, self.best)
+            self.saved_at = time.perf_counter()
         self.t0 = time.perf_counter()
         if self.progress is not None:
             self.progress(step, self.total_steps, self.info())
