@@ -46,7 +46,13 @@ LA_LOOKAHEAD = {**ADAM, "learning_rate": 1e-3, "layer_adaptation": True, "lookah
                 "schedule": {500: 1.0}}
 OPTIONS: dict[str, dict[str, Any]] = {
     "default": {},  # pipeline.yaml's train params (GanRunParams defaults)
-    "today": {"width": 64, "steps": 2500, "vectorize_seeds": False, "eval_every": 250},  # before issue #13
+    # issue 13's filing (1d16934), pinned: the defaults have moved since
+    "today": {"width": 64, "steps": 2500, "batch_size": 64, "vectorize_seeds": False, "eval_every": 250,
+              "jit_compile": False, "d_optimizer": {**ADAM, "learning_rate": 2e-4},
+              "g_optimizer": {**ADAM, "learning_rate": 2e-4}},
+    # the default before the generator's moving average (3 December 2026): its own weights, 6e-4, XLA
+    "own_weights": {"steps": 3500, "jit_compile": True, "d_optimizer": {**ADAM, "learning_rate": 6e-4},
+                    "g_optimizer": {**ADAM, "learning_rate": 6e-4}},
     "w32": {"width": 32},
     "w8": {"width": 8},
     "b32": {"batch_size": 32},

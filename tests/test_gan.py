@@ -205,7 +205,8 @@ def _tiny(**update) -> GanRunParams:
 
 @pytest.mark.slow
 def test_gan_trains_checkpoints_and_resumes_equal_to_an_uninterrupted_run(tmp_path, tiny_images):
-    """Compiled with XLA as in the pipeline; g: Adam + Lookahead, d: SGD: resumed == straight."""
+    """Compiled with XLA (an option; the other tests use the default graph step); g: Adam +
+    Lookahead, d: SGD: resumed == straight."""
     calls: list[tuple[int, bool]] = []
     first = train_gan(tiny_images, str(tmp_path / "run"), _tiny(epochs=2, jit_compile=True), SEEDS, str(tmp_path / "ckpt"),
                       eval_fn=_eval_fn(calls))
@@ -281,8 +282,11 @@ def test_checkpoints_at_most_one_per_checkpoint_seconds_and_one_at_the_end(tmp_p
 
 @pytest.mark.slow  # trains a TF model for tens of seconds: CI runs it, make test-fast skips it
 def test_resume_equals_uninterrupted_run_under_the_default_adam(tmp_path, tiny_images):
-    """Plain Adam (the pipeline's optimizer) on both sides, seeds one after another."""
-    adam = GanRunParams(width=8, latent_dim=8, batch_size=32, vectorize_seeds=False, jit_compile=False)
+    """Adam on both sides, the generator's averaged (the pipeline's optimizers), seeds one after
+    another: the saved generators are the averages, so the average must resume too."""
+    averaged = {"name": "adam", "learning_rate": 2e-4, "beta_1": 0.5, "use_ema": True, "ema_momentum": 0.9}
+    adam = GanRunParams(width=8, latent_dim=8, batch_size=32, vectorize_seeds=False, jit_compile=False,
+                        g_optimizer=averaged)
     train_gan(tiny_images, str(tmp_path / "run"), adam.model_copy(update={"epochs": 1}), [0, 1], str(tmp_path / "ckpt"))
     train_gan(tiny_images, str(tmp_path / "run"), adam.model_copy(update={"epochs": 3}), [0, 1], str(tmp_path / "ckpt"))
     train_gan(tiny_images, str(tmp_path / "straight"), adam.model_copy(update={"epochs": 3}), [0, 1],
@@ -290,6 +294,34 @@ def test_resume_equals_uninterrupted_run_under_the_default_adam(tmp_path, tiny_i
     for seed in (0, 1):
         for a, b in zip(_generator_weights(tmp_path / "run", seed), _generator_weights(tmp_path / "straight", seed)):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def _trainable(out_dir: Path, seed: int):
+    return keras.saving.load_model(out_dir / f"s{seed}" / "generator.keras", safe_mode=True).trainable_weights
+
+
+def test_the_generator_evaluated_and_saved_is_the_average_of_its_weights(tmp_path, tiny_images):
+    """``use_ema`` on the generator optimizer: evaluation and the saved generators use the moving
+    average of the weights, and training goes on from the generator's own weights."""
+    def run(name, epochs, momentum=None, evaluate=True):  # 128 images in batches of 128: a step per epoch
+        g = {"name": "adam", "learning_rate": 1e-3, **({"use_ema": True, "ema_momentum": momentum} if momentum else {})}
+        train_gan(tiny_images, str(tmp_path / name), _tiny(batch_size=128, eval_every=1, epochs=epochs, g_optimizer=g),
+                  [3], str(tmp_path / f"{name}_ckpt"), eval_fn=_eval_fn([]) if evaluate else None)
+        return [w.numpy() for w in _trainable(tmp_path / name, 3)]
+
+    # the saved generator is Keras' average a_t = β a_(t-1) + (1 - β) w_t, from a_1 = w_1, of the
+    # weights w_t after each step, which are what a run without the average saves after t steps
+    own = [run(f"own_{t}", t) for t in (1, 2, 3)]
+    expected = own[0]
+    for w in own[1:]:
+        expected = [0.5 * a + 0.5 * b for a, b in zip(expected, w)]
+    averaged = run("evaluated", 3, momentum=0.5)
+    for a, b in zip(averaged, expected):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert max(np.abs(a - b).max() for a, b in zip(averaged, own[2])) > 1e-4  # the average is not the last weights
+    # evaluating every step (the average swapped in and out) leaves training as it is without evaluation
+    for a, b in zip(averaged, run("not_evaluated", 3, momentum=0.5, evaluate=False)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_a_seed_trains_the_same_alone_as_together_with_others(tmp_path, tiny_images):

@@ -18,9 +18,12 @@ from kexue.optim.spec import OptimizerSpec
 LOSSES = ("hinge", "non_saturating")
 DSM_VARIANT = "dsm"  # the evaluation table's name for the score model's runs
 
-# DCGAN's Adam (Radford et al. 2016) at 3x its rate: with 32-image batches it reaches the
-# same FID in far fewer CPU-seconds (benchmarks/gan_study.py; docs/gan_study.md, "Defaults")
-_GAN_ADAM = {"name": "adam", "learning_rate": 6e-4, "beta_1": 0.5}
+# DCGAN's Adam (Radford et al. 2016) at 10x its rate: with 32-image batches, and the generator
+# sampled as the moving average of its weights, it reaches a lower FID in far fewer CPU-seconds
+# (benchmarks/gan_study.py; docs/gan_study.md, "Defaults" and "The generator's moving average")
+_GAN_ADAM = {"name": "adam", "learning_rate": 2e-3, "beta_1": 0.5}
+# the generator is evaluated and saved as the moving average of its weights (CascadeGAN.averaged_generators)
+_GAN_ADAM_AVERAGED = {**_GAN_ADAM, "use_ema": True, "ema_momentum": 0.99}
 
 
 class ImagesParams(BaseModel):
@@ -42,7 +45,7 @@ class GanRunParams(BaseModel):
     cascades: int = Field(1, ge=1)  # N: 1 = plain discriminator (the baseline)
     cascade_weights: list[float] | None = None  # per-cascade loss weights; None = uniform
     loss: str = "hinge"  # hinge | non_saturating
-    steps: int = Field(3500, ge=1)  # rounded up to whole epochs; "epochs" overrides when given
+    steps: int = Field(2000, ge=1)  # rounded up to whole epochs; "epochs" overrides when given
     epochs: int | None = Field(None, ge=1)
     batch_size: int = Field(32, ge=1)
     latent_dim: int = Field(32, ge=1)
@@ -53,13 +56,14 @@ class GanRunParams(BaseModel):
     conditional: bool = False
     spectral_norm: bool = False
     d_optimizer: OptimizerSpec = Field(default_factory=lambda: OptimizerSpec(**_GAN_ADAM))
-    g_optimizer: OptimizerSpec = Field(default_factory=lambda: OptimizerSpec(**_GAN_ADAM))
+    g_optimizer: OptimizerSpec = Field(default_factory=lambda: OptimizerSpec(**_GAN_ADAM_AVERAGED))
     # All seeds of the variant as members of one model, trained by one compiled step: exact
     # (each member as if alone) unless an optimizer couples variables (global_clipnorm).
     vectorize_seeds: bool = True
-    # Compile the train step with XLA: more steps/s, but seconds of compiling before the first
-    # step (benchmarks/gan_study.py measures both); off pays for very short runs.
-    jit_compile: bool = True
+    # Compile the train step with XLA. Off by default: in the pipeline's busy Dask workers the
+    # XLA step ran no faster than the graph step (131 vs 131 worker-s over the default GAN stage)
+    # and compiling it cost 5-10 s more per task (docs/gan_study.md, "The generator's moving average")
+    jit_compile: bool = False
     eval_every: int = Field(500, ge=1)  # steps; FID at the first epoch end past each multiple, and at the end
     eval_samples: int = Field(2000, ge=2)  # generated images per evaluation (capped at the real set's size)
     grid: int = Field(10, ge=1)  # sample grids are grid × grid images

@@ -98,20 +98,25 @@ class _Run:
         return self.state["members"][str(seed)]
 
     def evaluate(self, step: int) -> None:
-        samples = self.gan.generate(self.z_eval, self.y_eval)
-        full = step >= self.total_steps  # KID and precision/recall only at the end
-        for m, seed in enumerate(self.seeds):
-            row = {**self.eval_fn(samples[m], step, full), "step": step}
-            history = self.member(seed)
-            history["eval"].append(row)
-            if history["best"] is None or row["fid"] < history["best"]["fid"]:
-                history["best"] = row
-                self.best[seed] = generator_weights(self.gan.generators[m])
-            sample_grid_png(samples[m], self.out / f"s{seed}" / f"grid_step{step:06d}.png", self.p.grid)
-            with self.writers[seed].as_default(step=step):
-                for k, v in row.items():
-                    if k != "step":
-                        tf.summary.scalar(f"eval/{k}", v)
+        """Every member's metrics at ``step``, of the generator it samples from: the averaged one with ``use_ema``."""
+        with self.gan.averaged_generators():
+            samples = self.gan.generate(self.z_eval, self.y_eval)
+            for m, seed in enumerate(self.seeds):
+                self._record_eval(m, seed, samples[m], step)
+
+    def _record_eval(self, m: int, seed: int, samples: np.ndarray, step: int) -> None:
+        """One member's metrics row, its grid and TensorBoard scalars; its generator kept when best so far."""
+        row = {**self.eval_fn(samples, step, step >= self.total_steps), "step": step}  # KID, P/R only at the end
+        history = self.member(seed)
+        history["eval"].append(row)
+        if history["best"] is None or row["fid"] < history["best"]["fid"]:
+            history["best"] = row
+            self.best[seed] = generator_weights(self.gan.generators[m])
+        sample_grid_png(samples, self.out / f"s{seed}" / f"grid_step{step:06d}.png", self.p.grid)
+        with self.writers[seed].as_default(step=step):
+            for k, v in row.items():
+                if k != "step":
+                    tf.summary.scalar(f"eval/{k}", v)
 
     def end_epoch(self, epoch: int, logs: dict[str, float]) -> None:
         step = int(self.gan.step.numpy())
@@ -162,7 +167,11 @@ class _Run:
         def batch(idx):
             return tf.gather(images, idx) if y is None else (tf.gather(images, idx), tf.gather(y, idx))
 
-        data = tf.data.Dataset.from_tensor_slices(order[self.state["step"]:]).map(batch).prefetch(tf.data.AUTOTUNE)
+        # a fixed two-batch prefetch, no autotuning: with autotuning on, destroying the iterator
+        # at the end of fit sometimes blocked 2-20 s in a Dask worker (a fifth of a GAN task)
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        data = tf.data.Dataset.from_tensor_slices(order[self.state["step"]:]).map(batch).prefetch(2).with_options(options)
         callback = keras.callbacks.LambdaCallback(
             on_epoch_end=lambda epoch, logs: self.end_epoch(epoch + 1, {k: float(v) for k, v in (logs or {}).items()}))
         self.gan.fit(data, epochs=epochs, initial_epoch=self.state["epoch"], steps_per_epoch=steps_per_epoch,
@@ -172,42 +181,45 @@ class _Run:
         """Write every member's generators, samples, grids and history; return its files and metrics."""
         for writer in self.writers.values():
             writer.close()
-        results = {}
-        for m, seed in enumerate(self.seeds):
-            out, history, generator = self.out / f"s{seed}", self.member(seed), self.gan.generators[m]
-            files: dict[str, str] = {}
-            tags = ("final", "best") if history["best"] is not None else ("final",)
-            for tag in tags:
-                if tag == "best":  # the snapshot with the lowest FID, kept in the checkpoint
-                    set_generator_weights(generator, self.best[seed])
-                inputs = self.gan.member_inputs(self.z_eval[m], None if self.y_eval is None else self.y_eval[m])
-                samples = np.asarray(generator(inputs, training=False), np.float32)
-                suffix = "" if tag == "final" else "_best"
-                files[f"generator{suffix}"] = str(_save_model(generator, out / f"generator{suffix}.keras"))
-                files[f"samples_{tag}"] = str(save_npy_atomic(out / f"samples_{tag}.npy", samples))
-                files[f"grid_{tag}"] = str(sample_grid_png(samples, out / f"grid_{tag}.png", self.p.grid))
-            for grid in sorted(out.glob("grid_step*.png")):
-                files[grid.stem] = str(grid)
-            s = self.state
-            metrics = {
-                "cascades": self.p.cascades, "seed": seed, "loss": self.p.loss, "seeds_together": len(self.seeds),
-                "step": s["step"], "epochs": s["epoch"], "steps_per_epoch": steps_per_epoch,
-                "resumed_from_step": self.resumed_from,
-                "seconds": s["seconds"],  # training incl. checkpoints, compiling and logging; not evaluation
-                "eval_seconds": s["eval_seconds"],
-                "first_epoch_seconds": s.get("first_epoch_seconds"),
-                "steps_per_second": s["step"] / s["seconds"] if s["seconds"] > 0 else None,
-                "final_losses": history["losses"][-1] if history["losses"] else None,
-                "losses": history["losses"],
-                "eval": history["eval"],
-                "final_eval": history["eval"][-1] if history["eval"] else None,
-                "best_eval": history["best"],
-            }
-            files["history"] = str(write_json_atomic(out / "history.json", metrics))
-            for event in sorted((out / "tensorboard").glob("events.*")):
-                files[f"tensorboard/{event.name}"] = str(event)
-            results[seed] = {"files": files, "metrics": metrics}
-        return results
+        with self.gan.averaged_generators():  # "final" is the generator evaluation saw
+            return {seed: self._finish_member(m, seed, steps_per_epoch) for m, seed in enumerate(self.seeds)}
+
+    def _finish_member(self, m: int, seed: int, steps_per_epoch: int) -> dict[str, Any]:
+        """One member's generators (final, best), samples, grids and history written; its files and metrics."""
+        out, history, generator = self.out / f"s{seed}", self.member(seed), self.gan.generators[m]
+        files: dict[str, str] = {}
+        tags = ("final", "best") if history["best"] is not None else ("final",)
+        for tag in tags:
+            if tag == "best":  # the snapshot with the lowest FID, kept in the checkpoint
+                set_generator_weights(generator, self.best[seed])
+            inputs = self.gan.member_inputs(self.z_eval[m], None if self.y_eval is None else self.y_eval[m])
+            samples = np.asarray(generator(inputs, training=False), np.float32)
+            suffix = "" if tag == "final" else "_best"
+            files[f"generator{suffix}"] = str(_save_model(generator, out / f"generator{suffix}.keras"))
+            files[f"samples_{tag}"] = str(save_npy_atomic(out / f"samples_{tag}.npy", samples))
+            files[f"grid_{tag}"] = str(sample_grid_png(samples, out / f"grid_{tag}.png", self.p.grid))
+        for grid in sorted(out.glob("grid_step*.png")):
+            files[grid.stem] = str(grid)
+        s = self.state
+        metrics = {
+            "cascades": self.p.cascades, "seed": seed, "loss": self.p.loss, "seeds_together": len(self.seeds),
+            "step": s["step"], "epochs": s["epoch"], "steps_per_epoch": steps_per_epoch,
+            "resumed_from_step": self.resumed_from,
+            "seconds": s["seconds"],  # training incl. checkpoints, compiling and logging; not evaluation
+            "eval_seconds": s["eval_seconds"],
+            "first_epoch_seconds": s.get("first_epoch_seconds"),
+            "steps_per_second": s["step"] / s["seconds"] if s["seconds"] > 0 else None,
+            "final_losses": history["losses"][-1] if history["losses"] else None,
+            "losses": history["losses"],
+            "eval": history["eval"],
+            "final_eval": history["eval"][-1] if history["eval"] else None,
+            "best_eval": history["best"],
+            "averaged_generator": self.gan.averages_generators,  # evaluated and saved: the weights' moving average
+        }
+        files["history"] = str(write_json_atomic(out / "history.json", metrics))
+        for event in sorted((out / "tensorboard").glob("events.*")):
+            files[f"tensorboard/{event.name}"] = str(event)
+        return {"files": files, "metrics": metrics}
 
 
 def train_gan(
