@@ -239,9 +239,11 @@ def train_gan(
     ``steps`` extends a run; changing anything in ``_IDENTITY_KEYS`` is refused).
     ``eval_fn(samples, step, full)`` gets ``eval_samples`` generated images per seed from a
     fixed z every ``eval_every`` steps and at the end (``full`` then: every metric); each
-    seed's generator with the lowest FID is kept. ``progress(step, total, info)`` is called
-    after each epoch, ``info`` with ``steps_per_second``, ``eta_seconds``, ``fid`` (the
-    members' mean latest FID) and ``seeds``.
+    seed's generator with the lowest FID is kept. With ``use_ema`` on the generator optimizer
+    the generator evaluated, kept and saved is the moving average of its weights
+    (``CascadeGAN.averaged_generators``); training goes on from its own weights.
+    ``progress(step, total, info)`` is called after each epoch, ``info`` with
+    ``steps_per_second``, ``eta_seconds``, ``fid`` (the members' mean latest FID) and ``seeds``.
 
     Writes into ``out_dir/s<seed>/``: ``generator.keras`` (final), ``samples_final.npy``,
     ``grid_final.png``, ``history.json``, ``tensorboard/`` event files, and with ``eval_fn``
