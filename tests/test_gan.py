@@ -195,8 +195,12 @@ def _eval_fn(calls):
     return eval_fn
 
 
+def _saved_generator(out_dir: Path, seed: int) -> keras.Model:
+    return keras.saving.load_model(out_dir / f"s{seed}" / "generator.keras", safe_mode=True)
+
+
 def _generator_weights(out_dir: Path, seed: int):
-    return keras.saving.load_model(out_dir / f"s{seed}" / "generator.keras", safe_mode=True).get_weights()
+    return _saved_generator(out_dir, seed).get_weights()
 
 
 def _tiny(**update) -> GanRunParams:
@@ -296,10 +300,6 @@ def test_resume_equals_uninterrupted_run_under_the_default_adam(tmp_path, tiny_i
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
-def _trainable(out_dir: Path, seed: int):
-    return keras.saving.load_model(out_dir / f"s{seed}" / "generator.keras", safe_mode=True).trainable_weights
-
-
 def test_the_generator_evaluated_and_saved_is_the_average_of_its_weights(tmp_path, tiny_images):
     """``use_ema`` on the generator optimizer: evaluation and the saved generators use the moving
     average of the weights, and training goes on from the generator's own weights."""
@@ -307,7 +307,7 @@ def test_the_generator_evaluated_and_saved_is_the_average_of_its_weights(tmp_pat
         g = {"name": "adam", "learning_rate": 1e-3, **({"use_ema": True, "ema_momentum": momentum} if momentum else {})}
         train_gan(tiny_images, str(tmp_path / name), _tiny(batch_size=128, eval_every=1, epochs=epochs, g_optimizer=g),
                   [3], str(tmp_path / f"{name}_ckpt"), eval_fn=_eval_fn([]) if evaluate else None)
-        return [w.numpy() for w in _trainable(tmp_path / name, 3)]
+        return [w.numpy() for w in _saved_generator(tmp_path / name, 3).trainable_weights]
 
     # the saved generator is Keras' average a_t = β a_(t-1) + (1 - β) w_t, from a_1 = w_1, of the
     # weights w_t after each step, which are what a run without the average saves after t steps
