@@ -46,7 +46,8 @@ LA_LOOKAHEAD = {**ADAM, "learning_rate": 1e-3, "layer_adaptation": True, "lookah
                 "schedule": {500: 1.0}}
 OPTIONS: dict[str, dict[str, Any]] = {
     "default": {},  # pipeline.yaml's train params (GanRunParams defaults)
-    # issue 13's filing (1d16934), pinned: the defaults have moved since
+    # issue 13's filing (1d16934), its settings pinned: the defaults have moved since (its train step
+    # drew a second batch of fakes for G; the filing's own tree is the "before" in docs/gan_study.md)
     "today": {"width": 64, "steps": 2500, "batch_size": 64, "vectorize_seeds": False, "eval_every": 250,
               "jit_compile": False, "d_optimizer": {**ADAM, "learning_rate": 2e-4},
               "g_optimizer": {**ADAM, "learning_rate": 2e-4}},

@@ -18,7 +18,7 @@ import tensorflow as tf
 from PIL import Image
 
 from kexue.gan.cascade_gan import CascadeGAN, build_gan, d_loss_terms, g_loss_terms
-from kexue.gan.cascading import CascadingRejection, cascade
+from kexue.gan.cascading import CascadingRejection, cascade, effective_directions
 from kexue.gan.checkpoint import GanCheckpoint
 from kexue.gan.data import load_images, write_images
 from kexue.gan.eval.features import build_feature_model
@@ -60,6 +60,20 @@ def test_cascade_matches_a_numpy_reference():
     layer.kernel.assign(w.astype(np.float32))
     out = keras.ops.convert_to_numpy(layer(v.astype(np.float32)))
     np.testing.assert_allclose(out, np.stack(expected, 1), rtol=1e-4, atol=1e-5)
+
+
+def test_closed_form_cascade_equals_the_step_by_step_one():
+    """The layer's one matmul with effective directions gives every score of the sequential cascade,
+    for shared and per-example directions, with epsilon in the rejections."""
+    rng = np.random.default_rng(4)
+    v = rng.standard_normal((6, 11)).astype(np.float32)
+    for n in (1, 2, 5):
+        for w in (rng.standard_normal((11, n)), rng.standard_normal((6, 11, n))):
+            w = (0.3 * w).astype(np.float32)  # ||w_k||^2 near 1, so epsilon = 0.5 changes every rejection
+            expected = keras.ops.convert_to_numpy(cascade(v, w, epsilon=0.5)[0])
+            w_eff = keras.ops.convert_to_numpy(effective_directions(w, epsilon=0.5))
+            got = v @ w_eff if w.ndim == 2 else np.einsum("bd,bdn->bn", v, w_eff)
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_one_cascade_is_exactly_the_linear_score():
@@ -367,6 +381,19 @@ def test_train_step_runs_under_a_distribution_strategy(tiny_images):
                                        + 0.25 * logs[f"s{seed}/{p}_loss_2"][-1], rtol=1e-5)
         # non-saturating D loss per cascade is softplus(-D(x)) + softplus(D(G(z))) > 0
         assert logs[f"s{seed}/d_loss_1"][-1] > 0 and logs[f"s{seed}/d_loss_2"][-1] > 0
+
+
+def test_a_train_step_draws_each_members_fakes_once(tiny_images):
+    """D and G learn from the same G(z) in a step: one generator pass per member, not one per player."""
+    gan = build_gan((8, 8, 1), _tiny(), SEEDS)
+    draws, fake = [], gan._fake
+    gan._fake = lambda m, batch, y: draws.append(m) or fake(m, batch, y)
+    x = np.load(tiny_images)[:32]
+    before = [v.numpy() for v in gan.generators[0].trainable_variables]
+    gan.train_step(tf.constant(np.stack([x, x[::-1]], axis=1)))  # eagerly: the Python runs once per step
+    assert sorted(draws) == [0, 1]
+    # and G still learned from them: its gradient went through D's scores of those fakes
+    assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, gan.generators[0].trainable_variables))
 
 
 def test_progress_lines_are_throttled_and_name_the_numbers(monkeypatch):

@@ -82,8 +82,8 @@ class CascadeGAN(keras.Model):
     """Generators G_m and discriminators D_m (ending in CascadingRejection) of M members, trained adversarially.
 
     ``fit(real_images_dataset)`` runs ``train_step`` on real batches (batch, M, H, W, C), a
-    batch for each member (the batch axis first, where a distribution strategy splits it): one D update then one G update, with fresh z ~ N(0, I) from each member's own
-    ``SeedGenerator``. ``self.step`` counts completed train steps (checkpointed with the
+    batch for each member (the batch axis first, where a distribution strategy splits it): one D update then one G update, on
+    the same fakes G(z), z ~ N(0, I) from each member's own ``SeedGenerator``. ``self.step`` counts completed train steps (checkpointed with the
     weights). Logs are ``s<seed>/d_loss``, ``s<seed>/g_loss``, ``s<seed>/d_loss_k``, ``s<seed>/g_loss_k``.
     """
 
@@ -157,27 +157,32 @@ class CascadeGAN(keras.Model):
         # fakes are drawn for the real batch's labels, so D sees the same classes on both sides
         y = [None if labels is None else labels[:, m] for m in range(len(self.seeds))]
 
-        with tf.GradientTape() as tape:
-            d_terms = []
-            for m, d in enumerate(self.discriminators):
-                # one pass over real and fake together: D has no batch statistics, so this is exact
-                images = ops.concatenate([real[:, m], self._fake(m, batch, y[m])], axis=0)
-                scores = d(self.member_inputs(images, None if y[m] is None else ops.concatenate([y[m], y[m]], axis=0)),
-                           training=True)
-                d_terms.append(d_loss_terms(self.loss_name, scores[:batch], scores[batch:]))
-            d_k = ops.stack(d_terms)  # (M, N)
-            d_member = ops.sum(c * d_k, axis=-1)
-            d_loss = ops.sum(d_member)
-        d_vars = [v for d in self.discriminators for v in d.trainable_variables]
-        self.d_optimizer.apply(tape.gradient(_distribution_scale(d_loss), d_vars), d_vars)
-
-        with tf.GradientTape() as tape:
-            g_k = ops.stack([g_loss_terms(self.loss_name, d(self.member_inputs(self._fake(m, batch, y[m]), y[m]), training=True))
+        # G(z) once per step, as in DCGAN's reference loop: D learns to reject these fakes (the G
+        # tape paused, so no gradient reaches G), then G learns from the updated D's scores of the
+        # same fakes. A second draw for G made the step 15 % slower for an FID within the seeds'
+        # spread (docs/gan_study.md, "One draw of fakes per step").
+        with tf.GradientTape() as g_tape:
+            fakes = [self._fake(m, batch, y[m]) for m in range(len(self.seeds))]
+            with g_tape.stop_recording():
+                with tf.GradientTape() as d_tape:
+                    d_terms = []
+                    for m, d in enumerate(self.discriminators):
+                        # one pass over real and fake together: D has no batch statistics, so this is exact
+                        images = ops.concatenate([real[:, m], fakes[m]], axis=0)
+                        scores = d(self.member_inputs(images, None if y[m] is None else ops.concatenate([y[m], y[m]], axis=0)),
+                                   training=True)
+                        d_terms.append(d_loss_terms(self.loss_name, scores[:batch], scores[batch:]))
+                    d_k = ops.stack(d_terms)  # (M, N)
+                    d_member = ops.sum(c * d_k, axis=-1)
+                    d_loss = ops.sum(d_member)
+                d_vars = [v for d in self.discriminators for v in d.trainable_variables]
+                self.d_optimizer.apply(d_tape.gradient(_distribution_scale(d_loss), d_vars), d_vars)
+            g_k = ops.stack([g_loss_terms(self.loss_name, d(self.member_inputs(fakes[m], y[m]), training=True))
                              for m, d in enumerate(self.discriminators)])
             g_member = ops.sum(c * g_k, axis=-1)
             g_loss = ops.sum(g_member)
         g_vars = [v for g in self.generators for v in g.trainable_variables]
-        self.g_optimizer.apply(tape.gradient(_distribution_scale(g_loss), g_vars), g_vars)
+        self.g_optimizer.apply(g_tape.gradient(_distribution_scale(g_loss), g_vars), g_vars)
 
         self.step.assign_add(1)
         per_cascade = ops.reshape(ops.stack([d_k, g_k], axis=-1), (len(self.seeds), 2 * self.cascades))

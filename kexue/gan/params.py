@@ -147,8 +147,9 @@ class GanTrainParams(BaseModel):
     variants: dict[str, GanRunParams] = Field(default_factory=_default_variants, min_length=1, validate_default=True)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
     # With vectorize_seeds, a variant's seeds are split into models of at most this many
-    # members, one task each (None: all in one). Smaller tasks fill both workers to the end:
-    # three variants as three tasks leave a core idle while the third trains alone.
+    # members, one task each (None: all in one). pipeline.yaml's 1 (a task per seed): without
+    # XLA a member's step costs the same alone as in a model, and small tasks fill both workers
+    # to the end (three variants as three tasks leave a core idle while the third trains alone).
     seeds_per_task: int | None = Field(None, ge=1)
     feature_net: FeatureNetParams = Field(default_factory=FeatureNetParams)
     dsm: DsmParams | None = None  # also train the score model as variant "dsm" (one task per seed)
