@@ -56,6 +56,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
                     "g_optimizer": {**ADAM, "learning_rate": 6e-4}},
     "w32": {"width": 32},
     "w8": {"width": 8},
+    "g_w8": {"width": 8, "d_width": 16},  # a narrower generator only
+    "d_w8": {"d_width": 8},  # a narrower discriminator only
     "b32": {"batch_size": 32},
     "lr5e-4": {"d_optimizer": {**ADAM, "learning_rate": 5e-4}, "g_optimizer": {**ADAM, "learning_rate": 5e-4}},
     "b32_lr4e-4": {"batch_size": 32, "d_optimizer": {**ADAM, "learning_rate": 4e-4},
