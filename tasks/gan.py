@@ -65,7 +65,8 @@ class ProgressLines:
             return
         self.last = now
         rate, eta, fid = info.get("steps_per_second"), info.get("eta_seconds"), info.get("fid")
-        parts = [f"{self.variant} (seeds {', '.join(map(str, info.get('seeds', [])))}): step {step}/{total}"]
+        seeds = info.get("seeds", [])
+        parts = [f"{self.variant} ({'seed' if len(seeds) == 1 else 'seeds'} {', '.join(map(str, seeds))}): step {step}/{total}"]
         if rate:
             parts.append(f"{rate:.1f} steps/s")
         if fid is not None:

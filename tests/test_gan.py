@@ -409,6 +409,9 @@ def test_progress_lines_are_throttled_and_name_the_numbers(monkeypatch):
     stage, message, fields = lines[0]
     assert stage == "gan" and message == "cr2 (seeds 0, 1): step 28/112, 40.0 steps/s, FID 8.50, ETA 12 s"
     assert fields["variant"] == "cr2" and fields["total"] == 112 and fields["fid"] == 8.5
+    monkeypatch.setattr("tasks.gan.time.monotonic", lambda: 0.0)
+    ProgressLines("cr1")(56, 112, {"seeds": [3]})  # the default task trains one seed
+    assert lines[-1][1] == "cr1 (seed 3): step 56/112"
 
 
 def test_kexue_check_rejects_bad_gan_values_naming_the_key_without_tensorflow():
