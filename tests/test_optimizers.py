@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kexue.optim import LayerAdaptation, Lazy, Lookahead, PiecewiseLinear, build_optimizer
+from kexue.optim import LayerAdaptation, Lazy, Lookahead, PiecewiseLinear, build_optimizer, fused
 
 try:
     tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -486,9 +486,45 @@ def test_factory_unknown_key_names_it_with_suggestion():
 
 def test_factory_plain_spec_is_plain_keras_optimizer():
     optimizer = build_optimizer({"name": "adam", "learning_rate": 2e-4, "beta_1": 0.5})
-    assert type(optimizer) is keras.optimizers.Adam
+    assert type(optimizer) is fused.Adam and isinstance(optimizer, keras.optimizers.Adam)  # the fused step only
     assert optimizer.beta_1 == 0.5
     assert np.isclose(float(optimizer.learning_rate), 2e-4)
+
+
+@pytest.mark.parametrize("keras_class,fused_class,kwargs", [
+    (keras.optimizers.Adam, fused.Adam, {"beta_1": 0.5}),
+    (keras.optimizers.Adam, fused.Adam, {"amsgrad": True}),  # Keras' own step
+    (keras.optimizers.AdamW, fused.AdamW, {"weight_decay": 0.05, "use_ema": True, "ema_momentum": 0.9}),
+])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_fused_adam_takes_keras_step(keras_class, fused_class, kwargs, compiled):
+    """The fused kernel gives Keras' results, eager and inside a tf.function (as in fit)."""
+    def run(cls):
+        optimizer = cls(learning_rate=0.1, **kwargs)
+        variables = make_variables()
+        names = list(variables)
+        weights = [variables[k] for k in names]
+        optimizer.build(weights)
+        apply = lambda grads: optimizer.apply(grads, weights)  # noqa: E731
+        apply = tf.function(apply) if compiled else apply
+        for _ in range(5):
+            grads = [tf.constant(grad_of(k, variables[k].numpy())) for k in names]
+            apply(grads)
+        if compiled:  # the fused kernel runs where it applies (not AMSGrad, not Keras' own class)
+            ops_run = {op.type for op in apply.get_concrete_function(grads).graph.get_operations()}
+            assert ("ResourceApplyAdam" in ops_run) == (cls is fused_class and not optimizer.amsgrad)
+        if optimizer.use_ema:
+            optimizer.finalize_variable_values(weights)
+        return {k: v.numpy() for k, v in variables.items()}
+
+    assert_weights_close(run(fused_class), run(keras_class))
+
+
+def test_fused_adam_serializes_as_itself():
+    optimizer = build_optimizer({"name": "adamw", "learning_rate": 3e-4, "weight_decay": 0.01})
+    restored = keras.saving.deserialize_keras_object(json.loads(json.dumps(keras.saving.serialize_keras_object(optimizer))))
+    assert type(restored) is fused.AdamW
+    assert restored.get_config() == optimizer.get_config()
 
 
 # --- tf.distribute -------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Build an optimizer from its validated spec (``kexue.optim.spec.OptimizerSpec``).
 
-The spec selects the base Keras optimizer and switches on the derived variants;
+The spec selects the base Keras optimizer (Adam and AdamW with TensorFlow's fused step,
+``kexue.optim.fused``) and switches on the derived variants;
 Keras' own constructor arguments do weight decay, gradient accumulation, EMA and
 clipping, and ``kexue.optim`` wrappers do the rest. Wrapping order (inner to
 outer): base → LayerAdaptation → Lazy → Lookahead, so the trust ratio sees the
@@ -17,6 +18,7 @@ from typing import Any
 import keras
 from pydantic import ValidationError
 
+from kexue.optim import fused
 from kexue.optim.layer_adaptation import LayerAdaptation
 from kexue.optim.lazy import Lazy
 from kexue.optim.lookahead import Lookahead
@@ -30,6 +32,8 @@ BASE_OPTIMIZERS: dict[str, type[keras.optimizers.Optimizer]] = {
     and issubclass(cls, keras.optimizers.Optimizer)
     and cls.__name__ not in ("Optimizer", "LossScaleOptimizer", "MultiOptimizer")  # need other optimizers as arguments
 }
+# the same optimizers with TensorFlow's fused step: same arguments and results, fewer ops (kexue.optim.fused)
+BASE_OPTIMIZERS.update(adam=fused.Adam, adamw=fused.AdamW)
 
 
 def as_spec(spec: OptimizerSpec | Mapping[str, Any]) -> OptimizerSpec:
