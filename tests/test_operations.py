@@ -168,7 +168,8 @@ def test_nightly_deployment_runs_end_to_end_and_is_scheduled(tmp_path):
 def test_pipeline_on_an_existing_dask_cluster(tmp_path, prefect_api):
     """A real `dask scheduler` and two `dask worker`s; the pipeline connects by address."""
     port, dash = free_port(), free_port()
-    env = dict(os.environ, DASK_LOGGING__DISTRIBUTED="warning")
+    # as the README starts workers: no stack sampler (it can deadlock one on Python 3.11)
+    env = dict(os.environ, DASK_LOGGING__DISTRIBUTED="warning", DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED="False")
     dask = str(BIN / "dask")
     scheduler = Service([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", f"127.0.0.1:{dash}"],
                         env=env, log=tmp_path / "scheduler.log")

@@ -130,7 +130,7 @@ def test_killed_worker_mid_tokenisation_still_gives_exact_counts(tmp_path, prefe
     recomputes what was lost and the counts equal an undisturbed computation."""
     port = free_port()
     dask = str(BIN / "dask")
-    env = dict(os.environ)
+    env = dict(os.environ, DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED="False")  # as the README starts workers
     scheduler = Service([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", "127.0.0.1:0"],
                         env=env, log=tmp_path / "scheduler.log")
     workers, monitor = {}, None
