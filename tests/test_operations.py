@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from services import BIN, Service, free_port, loopback_only, wait_http, wait_port
+from services import BIN, WORKER_ENV, Service, free_port, loopback_only, wait_http, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,8 +168,7 @@ def test_nightly_deployment_runs_end_to_end_and_is_scheduled(tmp_path):
 def test_pipeline_on_an_existing_dask_cluster(tmp_path, prefect_api):
     """A real `dask scheduler` and two `dask worker`s; the pipeline connects by address."""
     port, dash = free_port(), free_port()
-    # as the README starts workers: no stack sampler (it can deadlock one on Python 3.11)
-    env = dict(os.environ, DASK_LOGGING__DISTRIBUTED="warning", DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED="False")
+    env = dict(os.environ, DASK_LOGGING__DISTRIBUTED="warning", **WORKER_ENV)
     dask = str(BIN / "dask")
     scheduler = Service([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", f"127.0.0.1:{dash}"],
                         env=env, log=tmp_path / "scheduler.log")

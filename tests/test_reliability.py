@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services import BIN, Service, free_port, loopback_only, wait_port
+from services import BIN, WORKER_ENV, Service, free_port, loopback_only, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,7 +130,7 @@ def test_killed_worker_mid_tokenisation_still_gives_exact_counts(tmp_path, prefe
     recomputes what was lost and the counts equal an undisturbed computation."""
     port = free_port()
     dask = str(BIN / "dask")
-    env = dict(os.environ, DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED="False")  # as the README starts workers
+    env = dict(os.environ, **WORKER_ENV)
     scheduler = Service([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", "127.0.0.1:0"],
                         env=env, log=tmp_path / "scheduler.log")
     workers, monitor = {}, None
