@@ -240,10 +240,11 @@ TASK_SECONDS = {"jose_task": 80, "feature_net_task": 30, "gan_run_task": 12, "ds
 # Put into every Dask worker's environment before it starts, through ``pre-spawn-environ``: a
 # nanny sets it in this process before it starts a worker, so the fork server, started with
 # the first worker, has it too. A value the user exports wins. Arrow reads
-# ARROW_DEFAULT_MEMORY_POOL when it is imported: in the fork server, for ours. Why the C library's malloc and not Arrow's bundled mimalloc: benchmarks/
-# tokenize_count.py (k=5), seven interleaved pairs: tokenize + count 3.06-3.89 s (mean 3.39)
-# against 3.29-4.13 s (mean 3.80), faster in six pairs and even in one, with 30-80 MiB less
-# summed PSS; JoSE's corpus load keeps 36 MB less.
+# ARROW_DEFAULT_MEMORY_POOL when it is imported: in the fork server, for ours.
+# Why the C library's malloc and not Arrow's bundled mimalloc: benchmarks/tokenize_count.py
+# (k=5), seven interleaved pairs: tokenize + count 3.06-3.89 s (mean 3.39) against 3.29-4.13 s
+# (mean 3.80), faster in six pairs and even in one, with 30-80 MiB less summed PSS. JoSE's
+# training process (1 epoch of benchmarks/jose.py's corpus) peaked at 982 MB against 1,017.
 WORKER_ENVIRONMENT = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
 
 
