@@ -123,10 +123,7 @@ def run_ours_measured(work: Path, params: dict, tokens: int, probes: list[str]) 
     """Our stage in a child process, timed, its outputs evaluated."""
     from kexue.embed.word2vec import read_word2vec
 
-    from flows.runtime import WORKER_ENVIRONMENT
-
-    # as the pipeline's jose stage runs: in a Dask worker's environment (Arrow on the C library's malloc)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **{k: os.environ.get(k, v) for k, v in WORKER_ENVIRONMENT.items()}}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     ours = measured([sys.executable, __file__, "--run-ours", str(work), "--params", json.dumps(params)], env=env)
     metrics = json.loads((work / "ours-metrics.json").read_text(encoding="utf-8"))
     ours["training_seconds"] = metrics["seconds"]

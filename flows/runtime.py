@@ -237,17 +237,6 @@ TASK_SECONDS = {"jose_task": 80, "feature_net_task": 30, "gan_run_task": 12, "ds
                 "communities_task": 20}
 
 
-# Put into every Dask worker's environment before it starts, through ``pre-spawn-environ``: a
-# nanny sets it in this process before it starts a worker, so the fork server, started with
-# the first worker, has it too. A value the user exports wins. Arrow reads
-# ARROW_DEFAULT_MEMORY_POOL when it is imported: in the fork server, for ours.
-# Why the C library's malloc and not Arrow's bundled mimalloc: benchmarks/tokenize_count.py
-# (k=5), seven interleaved pairs: tokenize + count 3.06-3.89 s (mean 3.39) against 3.29-4.13 s
-# (mean 3.80), faster in six pairs and even in one, with 30-80 MiB less summed PSS. JoSE's
-# training process (1 epoch of benchmarks/jose.py's corpus) peaked at 982 MB against 1,017.
-WORKER_ENVIRONMENT = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
-
-
 def _dask_config(spec: DaskSpec) -> None:
     import dask
 
@@ -262,7 +251,6 @@ def _dask_config(spec: DaskSpec) -> None:
     # run 34 s against 20 s). Our tasks return freed memory themselves when they end
     # (tasks.memory), which is what the setting is for; a value the user exports still wins.
     dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
-    dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": os.environ.get(k, v) for k, v in WORKER_ENVIRONMENT.items()})
     # Before 3.12, CPython can deadlock inside sys._current_frames(): a garbage collection there
     # that frees a threading.local takes the thread-list lock the call already holds, and the
     # process stops with the GIL held (python/cpython#106883). Dask's worker profiler calls it

@@ -12,9 +12,8 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 # the environment of a hand-started `dask worker`, as the README starts one: Dask's stack sampler
-# off, since on Python 3.11 it can deadlock a worker (flows.runtime._dask_config), and Arrow on
-# the C library's malloc (flows.runtime.WORKER_ENVIRONMENT)
-WORKER_ENV = {"DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False", "ARROW_DEFAULT_MEMORY_POOL": "system"}
+# off, since on Python 3.11 it can deadlock a worker (flows.runtime._dask_config)
+WORKER_ENV = {"DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False"}
 
 
 def free_port() -> int:

@@ -32,18 +32,15 @@ if __name__ == "__main__":
     assert loaded == [], f"the flow process imported {loaded}"
 
 
-def test_local_cluster_workers_keep_glibcs_adaptive_malloc_give_it_to_arrow_and_sample_no_stacks():
+def test_local_cluster_workers_keep_glibcs_adaptive_malloc_and_sample_no_stacks():
     """Dask's MALLOC_TRIM_THRESHOLD_ made every tensor over 128 KiB an mmap of its own: GAN
     training ran 1.5-1.7x slower in a worker. A worker's C library reads its environment when
     the process starts (the fork server's, for ours), so look at that block, not os.environ.
-    Arrow allocates with the C library's malloc too (flows.runtime.WORKER_ENVIRONMENT), which
-    it chooses when imported: in the fork server, for ours.
     Dask's stack sampler can deadlock a worker on Python < 3.12 (flows.runtime._dask_config)."""
     found = _python("""
 import json, os
 if __name__ == "__main__":
     os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-    os.environ.pop("ARROW_DEFAULT_MEMORY_POOL", None)
     from distributed import Client
     from flows import runtime
     from kexue.core.config import DaskSpec
@@ -52,12 +49,10 @@ if __name__ == "__main__":
         seen = client.run(lambda: b"MALLOC_TRIM_THRESHOLD_=" in open("/proc/self/environ", "rb").read())
         import dask
         sampling = client.run(lambda: dask.config.get("distributed.worker.profile.enabled"))
-        arrow = client.run(lambda: __import__("pyarrow").default_memory_pool().backend_name)
-    print(json.dumps([sorted(seen.values()), sorted(sampling.values()), sorted(arrow.values())]))
+    print(json.dumps([sorted(seen.values()), sorted(sampling.values())]))
 """)
     assert found[0] == [False, False]
     assert found[1] == ([False, False] if sys.version_info < (3, 12) else [True, True])
-    assert found[2] == ["system", "system"]
 
 
 def _imports_inside_functions(path: Path) -> set[str]:
