@@ -44,6 +44,7 @@ import queue
 import threading
 import time
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -67,6 +68,7 @@ STRATEGIES: dict[str, Callable[[], tf.distribute.Strategy]] = {
     "one_device_cpu": lambda: tf.distribute.OneDeviceStrategy("/cpu:0"),
 }
 assert set(STRATEGIES) == set(StrategyName.__args__), "kexue.embed.params.StrategyName must name every strategy"
+COPY_ROWS = 8192  # rows per copy between the table variable and numpy: 3.2 MB at dim 100
 
 
 # ----------------------------------------------------------------------------- corpus
@@ -100,36 +102,73 @@ class Corpus:
 
 
 def load_corpus(tokens_paths: list[str], vocab_path: str, min_count: int) -> Corpus:
-    """Read the tokenise/count artifacts (no re-tokenising) into index arrays."""
-    vocab = pd.read_parquet(vocab_path, columns=["token", "count", "rank"]).sort_values("rank")
-    vocab = vocab[(vocab["count"] >= min_count) & ~vocab["token"].str.contains(r"\s", regex=True)]
-    words = vocab["token"].tolist()
-    if not words:
-        raise ValueError(f"no vocabulary word has count >= min_count={min_count} in {vocab_path}")
-    word_set = pa.array(words, type=pa.string())
-    ids_parts, doc_parts = [], []
-    doc_ids: list[str] = []
-    sources: list[str] = []
-    labels: list[str | None] = []
-    for path in tokens_paths:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=8192, columns=["doc_id", "source", "label", "tokens"]):
-            tokens = batch.column("tokens")
-            lengths = pc.fill_null(pc.list_value_length(tokens), 0).to_numpy()
-            rows = pc.fill_null(pc.index_in(tokens.flatten(), value_set=word_set), -1).to_numpy()
-            doc_rows = np.repeat(np.arange(len(doc_ids), len(doc_ids) + len(lengths), dtype=np.int32), lengths)
-            keep = rows >= 0
-            ids_parts.append(rows[keep].astype(np.int32))
-            doc_parts.append(doc_rows[keep])
-            doc_ids += batch.column("doc_id").to_pylist()
-            sources += batch.column("source").to_pylist()
-            labels += batch.column("label").to_pylist()
-    corpus = Corpus(
-        words=words, counts=vocab["count"].to_numpy(np.int64), doc_ids=doc_ids, sources=sources, labels=labels,
-        ids=np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int32),
-        doc=np.concatenate(doc_parts) if doc_parts else np.zeros(0, np.int32),
-    )
+    """Read the tokenise/count artifacts (no re-tokenising) into index arrays.
+
+    Memory: the tokens are read as Arrow dictionary arrays (Parquet stores them dictionary-
+    encoded), so a batch is looked up in the vocabulary once per distinct token rather than
+    once per token; Arrow allocates from the C library here and reads on this thread (its
+    default mimalloc pool and reader threads kept ~45 MB of the reading for good, and
+    raised the peak by ~60 MB, on the benchmark corpus).
+    """
+    with _system_memory_pool():
+        vocab = pq.read_table(vocab_path, columns=["token", "count", "rank"], use_threads=False)
+        vocab = vocab.take(pc.sort_indices(vocab["rank"]))
+        vocab = vocab.filter(pc.and_(pc.greater_equal(vocab["count"], min_count),
+                                     pc.invert(pc.match_substring_regex(vocab["token"], r"\s"))))
+        words = vocab["token"].to_pylist()
+        if not words:
+            raise ValueError(f"no vocabulary word has count >= min_count={min_count} in {vocab_path}")
+        counts = vocab["count"].to_numpy().astype(np.int64)
+        word_set = vocab["token"].combine_chunks()
+        ids_parts, doc_parts = [], []
+        doc_ids: list[str] = []
+        sources: list[str] = []
+        labels: list[str | None] = []
+        for path in tokens_paths:
+            tokens_file = pq.ParquetFile(path, read_dictionary=_leaf_paths(pq.ParquetFile(path), "tokens"))
+            for batch in tokens_file.iter_batches(batch_size=8192, columns=["doc_id", "source", "label", "tokens"],
+                                                  use_threads=False):
+                tokens = batch.column("tokens")
+                lengths = pc.fill_null(pc.list_value_length(tokens), 0).to_numpy()
+                flat = tokens.flatten()
+                if pa.types.is_dictionary(flat.type):  # vocabulary row of each distinct token, then of each token
+                    flat = pc.take(pc.index_in(flat.dictionary, value_set=word_set), flat.indices)
+                else:
+                    flat = pc.index_in(flat, value_set=word_set)
+                rows = pc.fill_null(flat, -1).to_numpy()
+                doc_rows = np.repeat(np.arange(len(doc_ids), len(doc_ids) + len(lengths), dtype=np.int32), lengths)
+                keep = rows >= 0
+                ids_parts.append(rows[keep].astype(np.int32))
+                doc_parts.append(doc_rows[keep])
+                doc_ids += batch.column("doc_id").to_pylist()
+                sources += batch.column("source").to_pylist()
+                labels += batch.column("label").to_pylist()
+        corpus = Corpus(
+            words=words, counts=counts, doc_ids=doc_ids, sources=sources, labels=labels,
+            ids=np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int32),
+            doc=np.concatenate(doc_parts) if doc_parts else np.zeros(0, np.int32),
+        )
+        del vocab, word_set, ids_parts, doc_parts
     release_memory()
     return corpus
+
+
+@contextmanager
+def _system_memory_pool() -> Iterator[None]:
+    """Arrow allocates from the C library's malloc inside the block (what it frees goes back
+    to the OS with ``release_memory``); the process's default pool is restored after."""
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
+
+
+def _leaf_paths(parquet_file: pq.ParquetFile, column: str) -> list[str]:
+    """Parquet's paths of the leaf columns under ``column`` (e.g. "tokens.list.element")."""
+    schema = parquet_file.schema
+    return [schema.column(i).path for i in range(len(schema)) if schema.column(i).path.startswith(f"{column}.")]
 
 
 def release_memory() -> None:
@@ -390,28 +429,51 @@ class JoseModel(tf.Module):
     and the whole table after every epoch.
     """
 
-    def __init__(self, table: np.ndarray, words: int, params: JoseParams,
+    def __init__(self, table: np.ndarray | int, words: int, params: JoseParams,
                  strategy: tf.distribute.Strategy | None = None):
+        """``table``: the initial rows u | v | d, or their number (all zero, to be filled with
+        ``assign_rows``: the variable is then the only full copy there ever is)."""
         super().__init__(name="jose")
         self.params = params
         self.words = words  # rows [0, words) are u, [words, 2·words) v, the rest d
         self.strategy = strategy or STRATEGIES[params.strategy]()
+        rows = table if isinstance(table, int) else table.shape[0]
         with self.strategy.scope():
-            self.table = tf.Variable(table, name="u_v_d", dtype=tf.float32)
+            self.table = tf.Variable(tf.zeros([rows, params.dim]), name="u_v_d", dtype=tf.float32)
+        if not isinstance(table, int):
+            self.assign_rows(0, table)
         self._train_block = tf.function(self._block_loop, jit_compile=True, reduce_retracing=True)
         self._renormalise_all = tf.function(lambda: self._renormalise(self.table.shape[0]), jit_compile=True)
 
+    def parts(self) -> tuple[tuple[str, int, int], ...]:
+        """(name, first row, end row) of u, v and d in the table."""
+        return ("u", 0, self.words), ("v", self.words, 2 * self.words), ("d", 2 * self.words, self.table.shape[0])
+
+    def assign_rows(self, start: int, rows: np.ndarray) -> None:
+        """Overwrite table rows ``start, start + len(rows)`` in place, a few MB at a time.
+
+        Why not ``table[a:b].assign``: a sliced assign of a large variable leaves a copy of the
+        whole table behind in TensorFlow's allocator; a scatter updates in place."""
+        for i in range(0, rows.shape[0], COPY_ROWS):
+            chunk = rows[i:i + COPY_ROWS]
+            self.table.scatter_update(tf.IndexedSlices(chunk, tf.range(start + i, start + i + chunk.shape[0])))
+
+    def row_chunks(self, start: int, stop: int) -> Iterator[np.ndarray]:
+        """Stored rows ``start, stop`` copied out ``COPY_ROWS`` at a time.
+
+        Why a gather: slicing reads the whole variable first, and while that read is alive
+        the next in-place update copies the whole table (copy-on-write)."""
+        for i in range(start, stop, COPY_ROWS):
+            yield tf.gather(self.table, tf.range(i, min(i + COPY_ROWS, stop))).numpy()
+
     def table_parts(self) -> Iterator[tuple[str, np.ndarray]]:
         """("u" | "v" | "d", stored rows), one part copied out at a time (unit right after
-        ``renormalise``): a checkpoint never holds a second copy of the whole table."""
-        for name, start, stop in (("u", 0, self.words), ("v", self.words, 2 * self.words),
-                                  ("d", 2 * self.words, self.table.shape[0])):
-            yield name, self.table[start:stop].numpy()
-
-    def vectors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The unit vectors u, v, d as numpy arrays (views of one copy of the table)."""
-        t = normalise_rows(self.table.numpy())
-        return t[:self.words], t[self.words:2 * self.words], t[2 * self.words:]
+        ``renormalise``)."""
+        for name, start, stop in self.parts():
+            out = np.empty((stop - start, self.params.dim), np.float32)
+            for i, chunk in zip(range(0, stop - start, COPY_ROWS), self.row_chunks(start, stop)):
+                out[i:i + chunk.shape[0]] = chunk
+            yield name, out
 
     def step(self, rows, alpha):
         """One batched Riemannian SGD step on B tuples ``rows`` [B, 2+K]; returns the summed loss."""
@@ -483,15 +545,19 @@ class Checkpoints:
                         self.directory, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
             return None
 
-    def save(self, epoch: int, fingerprint: str, params: JoseParams, parts: Iterator[tuple[str, np.ndarray]],
-             tokens_trained: int) -> None:
-        """Write ``parts`` ((name, rows) of u, v, d) as one npz, each part dropped once written."""
+    def save(self, epoch: int, fingerprint: str, params: JoseParams, model: JoseModel, tokens_trained: int) -> None:
+        """Write the model's u, v, d as one npz (np.savez's layout), streamed from the table a
+        few MB at a time: a checkpoint never holds a copy of a whole part."""
         name = f"epoch-{epoch}.npz"
         with atomic_path(self.directory / name, suffix=".npz") as tmp:
-            with zipfile.ZipFile(tmp, "w") as z:  # np.savez's layout, written part by part
-                for key, rows in parts:
+            with zipfile.ZipFile(tmp, "w") as z:
+                for key, start, stop in model.parts():
                     with z.open(f"{key}.npy", "w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, rows, allow_pickle=False)
+                        np.lib.format.write_array_header_1_0(member, {
+                            "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                            "shape": (stop - start, params.dim)})
+                        for chunk in model.row_chunks(start, stop):
+                            member.write(chunk.tobytes())
         write_json_atomic(self.directory / "state.json", {
             "epoch": epoch, "file": name, "fingerprint": fingerprint, "seed": params.seed,
             "tokens_trained": tokens_trained, "params": params.model_dump(mode="json"),
@@ -569,23 +635,27 @@ def train_jose(corpus: Corpus, params: JoseParams, checkpoint_dir: str | os.Path
     fingerprint = sha256_text(CHECKPOINT_FORMAT, params.training_fingerprint(), corpus.fingerprint(),
                               sha256_text(*(f"{k}:{len(w)}" for k, (w, _) in sorted((warm_start or {}).items()))))
     checkpoints = Checkpoints(checkpoint_dir)
-    # u, v, d drawn in that order as one array: the rows are those of three separate draws
-    table = random_unit_rows(np.random.default_rng([params.seed, 2**31]), 2 * n_words + len(corpus.doc_ids), params.dim)
-    parts = {"u": (table[:n_words], corpus.words), "v": (table[n_words:2 * n_words], corpus.words),
-             "d": (table[2 * n_words:], corpus.doc_ids)}
+    restored = checkpoints.load(fingerprint)
+    first_epoch = restored[0] if restored is not None else 0
+    model = JoseModel(2 * n_words + len(corpus.doc_ids), n_words, params, strategy)
+    # u, v, d drawn in that order from one stream (as one array would be), one part at a
+    # time, then overwritten by the warm start or the checkpoint: the variable is the only
+    # full copy of the table
+    rng = np.random.default_rng([params.seed, 2**31])
+    keys = {"u": corpus.words, "v": corpus.words, "d": corpus.doc_ids}
     warm_words = 0
-    for name, (previous_keys, previous) in (warm_start or {}).items():
-        hits = warm_start_rows(parts[name][0], parts[name][1], previous_keys, previous)
-        warm_words = hits if name == "u" else warm_words
-    first_epoch = 0
-    if (restored := checkpoints.load(fingerprint)) is not None:
-        first_epoch, arrays = restored
-        for name, (rows, _) in parts.items():
-            rows[:] = arrays.pop(name)
-    model = JoseModel(table, n_words, params, strategy)
-    del table, parts  # the variable holds them now
-    release_memory()
+    for name, start, stop in model.parts():
+        rows = random_unit_rows(rng, stop - start, params.dim)
+        if name in (warm_start or {}):
+            hits = warm_start_rows(rows, keys[name], *warm_start[name])
+            warm_words = hits if name == "u" else warm_words
+        if restored is not None:
+            rows = restored[1].pop(name)
+        model.assign_rows(start, rows)
+        del rows
+    del restored
     sampler = TupleSampler(corpus, params)
+    release_memory()  # the parts drawn and the sampler's temporaries
     losses = []
     epoch_seconds = []
     blocks = sampler.stream(range(first_epoch, params.epochs))  # None marks the end of each epoch
@@ -604,12 +674,18 @@ def train_jose(corpus: Corpus, params: JoseParams, checkpoint_dir: str | os.Path
                 epoch=epoch, epochs=params.epochs, loss=losses[-1], seconds=epoch_seconds[-1],
                 tokens_per_second=corpus.train_words / epoch_seconds[-1],
                 eta_seconds=float(np.mean(epoch_seconds)) * (params.epochs - epoch)))
-        checkpoints.save(epoch, fingerprint, params, model.table_parts(), epoch * corpus.train_words)
+        checkpoints.save(epoch, fingerprint, params, model, epoch * corpus.train_words)
         epoch_loss, tuples, t_epoch = 0.0, 0, time.perf_counter()
-    u, v, d = model.vectors()
-    del model, sampler  # the variable and the compiled step: freed before outputs are written and evaluated
+    del model, sampler  # the variable and the compiled step: freed before the vectors are read
     gc.collect()  # tf.function holds bound methods of the model: a reference cycle
     release_memory()
+    # the last checkpoint holds the final table: reading it back (rather than copying the
+    # variable out) means the table and its copy never coexist
+    final = checkpoints.load(fingerprint)
+    if final is None or final[0] != params.epochs:
+        raise RuntimeError(f"JoSE: the checkpoint of epoch {params.epochs} in {checkpoints.directory} "
+                           "could not be read back after training")
+    u, v, d = (normalise_rows(final[1].pop(name)) for name in ("u", "v", "d"))
     return TrainResult(
         u=u, v=v, d=d, epochs_run=params.epochs - first_epoch, resumed_from_epoch=first_epoch,
         warm_started_words=warm_words, tokens_trained=(params.epochs - first_epoch) * corpus.train_words,
