@@ -240,6 +240,37 @@ def test_fresh_vectors_match_random_direction_theory():
 
 
 # ------------------------------------------------------------------ sampling
+def test_corpus_is_read_alike_from_dictionary_encoded_and_plain_parquet(tmp_path):
+    """The corpus is the one a per-token lookup gives, from either Parquet encoding, across
+    files, row groups and batches, with out-of-vocabulary, white-space, null and missing
+    tokens dropped."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(40)] + ["a b", "rare"]
+    docs = [[words[j] for j in rng.integers(0, len(words), rng.integers(0, 30))] for _ in range(9000)]
+    docs[3], docs[5] = None, ["w1", None, "w2"]
+    counts = pd.Series([w for d in docs if d for w in d if w is not None]).value_counts()
+    counts["rare"] = 1  # below min_count
+    vocab = pd.DataFrame({"token": counts.index, "count": counts.to_numpy(), "rank": np.arange(len(counts))})
+    vocab.to_parquet(tmp_path / "vocab.parquet", index=False)
+    table = pa.table({"doc_id": [f"d{i}" for i in range(len(docs))], "source": ["s"] * len(docs),
+                      "label": [None] * len(docs), "tokens": pa.array(docs, pa.list_(pa.string()))})
+    halves = table.slice(0, 4000), table.slice(4000)
+    pq.write_table(halves[0], tmp_path / "dict.parquet", use_dictionary=True, row_group_size=1500)
+    pq.write_table(halves[1], tmp_path / "plain.parquet", use_dictionary=False)
+    assert "RLE_DICTIONARY" in pq.ParquetFile(tmp_path / "dict.parquet").metadata.row_group(0).column(3).encodings
+
+    corpus = load_corpus([str(tmp_path / "dict.parquet"), str(tmp_path / "plain.parquet")], str(tmp_path / "vocab.parquet"), 2)
+    kept = [w for w in vocab.sort_values("rank")["token"] if counts[w] >= 2 and " " not in w]
+    row = {w: i for i, w in enumerate(kept)}
+    assert corpus.words == kept and corpus.counts.tolist() == [counts[w] for w in kept]
+    want = [(row[w], i) for i, d in enumerate(docs) for w in (d or []) if w in row]
+    assert corpus.ids.tolist() == [r for r, _ in want] and corpus.doc.tolist() == [i for _, i in want]
+    assert corpus.doc_ids == [f"d{i}" for i in range(len(docs))] and corpus.labels == [None] * len(docs)
+
+
 def test_tuples_stay_inside_documents_and_windows(tmp_path):
     tokens_paths, vocab_path, df = planted_topic_corpus(tmp_path, topics=2, docs_per_topic=5, length=20)
     params = JoseParams.model_validate({**SMALL, "epochs": 1})

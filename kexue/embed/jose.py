@@ -104,11 +104,9 @@ class Corpus:
 def load_corpus(tokens_paths: list[str], vocab_path: str, min_count: int) -> Corpus:
     """Read the tokenise/count artifacts (no re-tokenising) into index arrays.
 
-    Memory: the tokens are read as Arrow dictionary arrays (Parquet stores them dictionary-
-    encoded), so a batch is looked up in the vocabulary once per distinct token rather than
-    once per token; Arrow allocates from the C library here and reads on this thread (its
-    default mimalloc pool and reader threads kept ~45 MB of the reading for good, and
-    raised the peak by ~60 MB, on the benchmark corpus).
+    Memory: Arrow allocates from the C library here and reads on this thread; with its
+    default mimalloc pool and reader threads ~45 MB of the reading stayed resident for good,
+    and the peak was ~60 MB higher, on the benchmark corpus (54,608 documents).
     """
     with _system_memory_pool():
         vocab = pq.read_table(vocab_path, columns=["token", "count", "rank"], use_threads=False)
@@ -125,17 +123,11 @@ def load_corpus(tokens_paths: list[str], vocab_path: str, min_count: int) -> Cor
         sources: list[str] = []
         labels: list[str | None] = []
         for path in tokens_paths:
-            tokens_file = pq.ParquetFile(path, read_dictionary=_leaf_paths(pq.ParquetFile(path), "tokens"))
-            for batch in tokens_file.iter_batches(batch_size=8192, columns=["doc_id", "source", "label", "tokens"],
-                                                  use_threads=False):
+            for batch in pq.ParquetFile(path).iter_batches(
+                    batch_size=8192, columns=["doc_id", "source", "label", "tokens"], use_threads=False):
                 tokens = batch.column("tokens")
                 lengths = pc.fill_null(pc.list_value_length(tokens), 0).to_numpy()
-                flat = tokens.flatten()
-                if pa.types.is_dictionary(flat.type):  # vocabulary row of each distinct token, then of each token
-                    flat = pc.take(pc.index_in(flat.dictionary, value_set=word_set), flat.indices)
-                else:
-                    flat = pc.index_in(flat, value_set=word_set)
-                rows = pc.fill_null(flat, -1).to_numpy()
+                rows = pc.fill_null(pc.index_in(tokens.flatten(), value_set=word_set), -1).to_numpy()
                 doc_rows = np.repeat(np.arange(len(doc_ids), len(doc_ids) + len(lengths), dtype=np.int32), lengths)
                 keep = rows >= 0
                 ids_parts.append(rows[keep].astype(np.int32))
@@ -163,12 +155,6 @@ def _system_memory_pool() -> Iterator[None]:
         yield
     finally:
         pa.set_memory_pool(previous)
-
-
-def _leaf_paths(parquet_file: pq.ParquetFile, column: str) -> list[str]:
-    """Parquet's paths of the leaf columns under ``column`` (e.g. "tokens.list.element")."""
-    schema = parquet_file.schema
-    return [schema.column(i).path for i in range(len(schema)) if schema.column(i).path.startswith(f"{column}.")]
 
 
 def release_memory() -> None:
@@ -225,8 +211,15 @@ class TupleSampler:
         weights = counts**0.75
         cdf = np.cumsum(weights / weights.sum())
         size = int(min(1 << 24, max(1 << 20, 64 * len(counts))))
-        self.negative_table = np.minimum(np.searchsorted(cdf, (np.arange(size) + 0.5) / size), len(counts) - 1).astype(np.int32)
-        doc_starts = np.flatnonzero(np.diff(corpus.doc, prepend=-1)) if corpus.train_words else np.zeros(0, np.int64)
+        self.negative_table = np.empty(size, np.int32)
+        for i in range(0, size, 1 << 20):  # in slices: whole-table float64 temporaries were ~100 MB at 4M entries
+            j = min(i + (1 << 20), size)
+            self.negative_table[i:j] = np.minimum(np.searchsorted(cdf, (np.arange(i, j) + 0.5) / size), len(counts) - 1)
+        # first position of each document that has tokens (``doc`` is sorted); a search per
+        # document, not a diff over every token (two corpus-sized temporaries); needles of
+        # doc's dtype, or numpy converts all of doc to theirs first
+        doc_starts = np.unique(np.searchsorted(corpus.doc, np.arange(len(corpus.doc_ids), dtype=corpus.doc.dtype)))
+        doc_starts = doc_starts[doc_starts < corpus.train_words]
         self.doc_starts = np.append(doc_starts, corpus.train_words)
 
     def _chunk_bounds(self) -> Iterator[tuple[int, int]]:
@@ -567,12 +560,14 @@ class Checkpoints:
                 old.unlink(missing_ok=True)
 
 
-def warm_start_rows(rows: np.ndarray, keys: list[str], previous_keys: list[str], previous: np.ndarray) -> int:
+def warm_start_rows(rows: np.ndarray, keys: list[str], previous_keys: list[str] | pd.Index, previous: np.ndarray) -> int:
     """Overwrite ``rows`` (one per key, in place) with the previous run's unit vector where the
-    key existed; returns how many did."""
+    key existed; returns how many did. ``previous_keys`` as a ``pd.Index`` is looked up
+    without being hashed again (a part is warm-started a slice at a time)."""
     if previous.shape[1] != rows.shape[1]:
         raise ValueError(f"warm start vectors have dim {previous.shape[1]}, config dim is {rows.shape[1]}")
-    where = pd.Index(previous_keys).get_indexer(keys)
+    index = previous_keys if isinstance(previous_keys, pd.Index) else pd.Index(previous_keys)
+    where = index.get_indexer(keys)
     hit = where >= 0
     rows[hit] = normalise_rows(previous[where[hit]].astype(np.float32))
     return int(hit.sum())
@@ -638,21 +633,24 @@ def train_jose(corpus: Corpus, params: JoseParams, checkpoint_dir: str | os.Path
     restored = checkpoints.load(fingerprint)
     first_epoch = restored[0] if restored is not None else 0
     model = JoseModel(2 * n_words + len(corpus.doc_ids), n_words, params, strategy)
-    # u, v, d drawn in that order from one stream (as one array would be), one part at a
-    # time, then overwritten by the warm start or the checkpoint: the variable is the only
-    # full copy of the table
+    # u, v, d drawn in that order from one stream (as one array would be), a slice at a
+    # time, each slice overwritten by the warm start or the checkpoint where they have rows
+    # and written to the variable: the variable is the only full copy of the table
     rng = np.random.default_rng([params.seed, 2**31])
     keys = {"u": corpus.words, "v": corpus.words, "d": corpus.doc_ids}
+    warm = {name: (pd.Index(previous_keys), previous) for name, (previous_keys, previous) in (warm_start or {}).items()}
     warm_words = 0
     for name, start, stop in model.parts():
-        rows = random_unit_rows(rng, stop - start, params.dim)
-        if name in (warm_start or {}):
-            hits = warm_start_rows(rows, keys[name], *warm_start[name])
-            warm_words = hits if name == "u" else warm_words
-        if restored is not None:
-            rows = restored[1].pop(name)
-        model.assign_rows(start, rows)
-        del rows
+        stored = restored[1].pop(name) if restored is not None else None
+        for i in range(0, stop - start, COPY_ROWS):
+            rows = random_unit_rows(rng, min(COPY_ROWS, stop - start - i), params.dim)
+            if name in warm:
+                hits = warm_start_rows(rows, keys[name][i:i + rows.shape[0]], *warm[name])
+                warm_words += hits if name == "u" else 0
+            if stored is not None:
+                rows = stored[i:i + rows.shape[0]]
+            model.assign_rows(start + i, rows)
+        del stored
     del restored
     sampler = TupleSampler(corpus, params)
     release_memory()  # the parts drawn and the sampler's temporaries
