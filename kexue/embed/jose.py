@@ -661,6 +661,8 @@ def train_jose(corpus: Corpus, params: JoseParams, checkpoint_dir: str | os.Path
     for block in prefetch(blocks) if params.threads > 1 else blocks:
         if block is not None:  # steps × batch tuples in one compiled call
             epoch_loss += model.train_block(block)
+            if tuples == 0 and epoch == first_epoch:  # the step was just compiled: XLA's compiler freed
+                release_memory()  # ~35 MB of working memory that glibc would keep for the whole run
             tuples += block.tuples
             continue
         epoch += 1  # an epoch is done: unit rows, its line of progress, its checkpoint
