@@ -144,9 +144,14 @@ def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> Path:
 
 
 def write_parquet_atomic(path: str | os.PathLike, df) -> Path:
-    """Write a pandas DataFrame as Parquet atomically (pyarrow engine, no index)."""
+    """Write a pandas DataFrame (pyarrow engine, no index) or a pyarrow Table as Parquet atomically."""
     with atomic_path(path, suffix=".parquet") as tmp:
-        df.to_parquet(tmp, engine="pyarrow", index=False)
+        if hasattr(df, "to_parquet"):
+            df.to_parquet(tmp, engine="pyarrow", index=False)
+        else:
+            import pyarrow.parquet as pq
+
+            pq.write_table(df, tmp)
     return Path(path)
 
 

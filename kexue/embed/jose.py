@@ -760,9 +760,20 @@ def train_jose_stage(tokens_paths: list[str], vocab_path: str, out_dir: str, par
     params = JoseParams.of(params)
     corpus = load_corpus(tokens_paths, vocab_path, params.min_count)
     warm = _read_warm_start(warm_start_dir) if warm_start_dir else None
-    result = train_jose(corpus, params, checkpoint_dir, warm_start=warm, progress=progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # the row orders of u/v and of d, written now: before the table exists, the writers'
+    # buffers do not add to the stage's peak (they did, by 30-60 MB, at the end)
+    with _system_memory_pool():  # see load_corpus
+        orders = {
+            "vocab": write_parquet_atomic(out / "vocab.parquet", pa.table(
+                {"token": pa.array(corpus.words, pa.string()), "count": pa.array(corpus.counts, pa.int64())})),
+            "doc_order": write_parquet_atomic(out / "docs.parquet", pa.table(
+                {name: pa.array(values, pa.string()) for name, values in
+                 (("doc_id", corpus.doc_ids), ("source", corpus.sources), ("label", corpus.labels))})),
+        }
+    release_memory()
+    result = train_jose(corpus, params, checkpoint_dir, warm_start=warm, progress=progress)
     files = {
         "words": write_word2vec(out / "words.txt", corpus.words, result.u),
         "contexts": write_word2vec(out / "contexts.txt", corpus.words, result.v),
@@ -770,9 +781,7 @@ def train_jose_stage(tokens_paths: list[str], vocab_path: str, out_dir: str, par
         "u": save_npy_atomic(out / "u.npy", result.u),
         "v": save_npy_atomic(out / "v.npy", result.v),
         "d": save_npy_atomic(out / "d.npy", result.d),
-        "vocab": write_parquet_atomic(out / "vocab.parquet", pd.DataFrame({"token": corpus.words, "count": corpus.counts})),
-        "doc_order": write_parquet_atomic(out / "docs.parquet", pd.DataFrame(
-            {"doc_id": corpus.doc_ids, "source": corpus.sources, "label": corpus.labels})),
+        **orders,
     }
     metrics: dict[str, Any] = {}
     if evaluate_vectors:
