@@ -14,7 +14,8 @@ then evaluates both outputs identically (kexue.embed.evaluate) and prints one JS
 list (``--k 1,4``) runs each and reports the growth per unit of k. Two floors are reported:
 the peak RSS of a process that only imports TensorFlow (where any TensorFlow implementation
 starts), and of one that also compiles (XLA) and runs our training step once on a tiny
-table (where ours starts before holding any corpus-sized data). The machine is shared: read ratios from one run, with the load averages it records.
+table (where ours starts before holding any corpus-sized data). The machine is shared: read
+ratios from one run, with the load averages it records.
 """
 from __future__ import annotations
 

@@ -249,7 +249,7 @@ def _dask_config(spec: DaskSpec) -> None:
     # adaptive mmap threshold, so every tensor over 128 KiB is mapped, faulted in and unmapped
     # anew each time: TensorFlow's training steps ran 1.5-1.7x slower in such a worker (cr4 GAN
     # run 34 s against 20 s). Our tasks return freed memory themselves when they end
-    # (tasks.memory), which is what the setting is for; a value the user exports still wins.
+    # (kexue.core.memory), which is what the setting is for; a value the user exports still wins.
     dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
     # Before 3.12, CPython can deadlock inside sys._current_frames(): a garbage collection there
     # that frees a threading.local takes the thread-list lock the call already holds, and the

@@ -32,7 +32,7 @@ from pydantic import BaseModel
 
 from kexue.core.artifacts import FileRef, Manifest, sha256_text, stable_json, write_json_atomic
 from tasks.code_version import code_version
-from tasks.memory import release_freed_memory
+from kexue.core.memory import release_freed_memory
 
 log = logging.getLogger("kexue.cache")
 
@@ -147,7 +147,7 @@ def kexue_task(name: str, **task_options) -> Callable:
             try:
                 result = fn(*args, **kwargs)
             finally:
-                release_freed_memory()  # the worker keeps running other tasks (tasks.memory)
+                release_freed_memory()  # the worker keeps running other tasks (kexue.core.memory)
             recorded = result if isinstance(result, Manifest) else Manifest(stage=name, partitions=[result])
             if isinstance(result, Manifest):
                 result.metrics.setdefault("worker", worker_name())

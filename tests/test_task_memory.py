@@ -1,10 +1,10 @@
-"""A task's freed memory goes back to the machine when it ends (tasks.memory)."""
+"""A task's freed memory goes back to the machine when it ends (kexue.core.memory)."""
 from __future__ import annotations
 
 import psutil
 import pytest
 
-from tasks.memory import _malloc_trim, release_freed_memory
+from kexue.core.memory import _malloc_trim, release_freed_memory
 
 
 @pytest.mark.skipif(_malloc_trim() is None, reason="needs glibc's malloc_trim")

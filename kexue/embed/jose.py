@@ -35,7 +35,6 @@ from an epoch checkpoint continues exactly as the uninterrupted run would have.
 """
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
 import logging
@@ -57,6 +56,7 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 
 from kexue.core.artifacts import atomic_path, save_npy_atomic, sha256_text, write_json_atomic, write_parquet_atomic
+from kexue.core.memory import release_freed_memory
 from kexue.embed.params import JoseParams, StrategyName
 
 log = logging.getLogger(__name__)
@@ -141,30 +141,20 @@ def load_corpus(tokens_paths: list[str], vocab_path: str, min_count: int) -> Cor
             doc=np.concatenate(doc_parts) if doc_parts else np.zeros(0, np.int32),
         )
         del vocab, word_set, ids_parts, doc_parts
-    release_memory()
+    release_freed_memory()
     return corpus
 
 
 @contextmanager
 def _system_memory_pool() -> Iterator[None]:
     """Arrow allocates from the C library's malloc inside the block (what it frees goes back
-    to the OS with ``release_memory``); the process's default pool is restored after."""
+    to the OS with ``release_freed_memory``); the process's default pool is restored after."""
     previous = pa.default_memory_pool()
     pa.set_memory_pool(pa.system_memory_pool())
     try:
         yield
     finally:
         pa.set_memory_pool(previous)
-
-
-def release_memory() -> None:
-    """Hand freed memory back to the OS: Arrow's allocator and glibc's keep it for reuse, and
-    the stage's peak is the sum of what each phase left behind."""
-    pa.default_memory_pool().release_unused()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 # ----------------------------------------------------------------------------- tuples (numpy)
@@ -653,7 +643,7 @@ def train_jose(corpus: Corpus, params: JoseParams, checkpoint_dir: str | os.Path
         del stored
     del restored
     sampler = TupleSampler(corpus, params)
-    release_memory()  # the parts drawn and the sampler's temporaries
+    release_freed_memory()  # the parts drawn and the sampler's temporaries
     losses = []
     epoch_seconds = []
     blocks = sampler.stream(range(first_epoch, params.epochs))  # None marks the end of each epoch
@@ -662,7 +652,7 @@ def train_jose(corpus: Corpus, params: JoseParams, checkpoint_dir: str | os.Path
         if block is not None:  # steps × batch tuples in one compiled call
             epoch_loss += model.train_block(block)
             if tuples == 0 and epoch == first_epoch:  # the step was just compiled: XLA's compiler freed
-                release_memory()  # ~35 MB of working memory that glibc would keep for the whole run
+                release_freed_memory()  # ~35 MB of working memory that glibc would keep for the whole run
             tuples += block.tuples
             continue
         epoch += 1  # an epoch is done: unit rows, its line of progress, its checkpoint
@@ -678,7 +668,7 @@ def train_jose(corpus: Corpus, params: JoseParams, checkpoint_dir: str | os.Path
         epoch_loss, tuples, t_epoch = 0.0, 0, time.perf_counter()
     del model, sampler  # the variable and the compiled step: freed before the vectors are read
     gc.collect()  # tf.function holds bound methods of the model: a reference cycle
-    release_memory()
+    release_freed_memory()
     # the last checkpoint holds the final table: reading it back (rather than copying the
     # variable out) means the table and its copy never coexist
     final = checkpoints.load(fingerprint)
@@ -772,7 +762,7 @@ def train_jose_stage(tokens_paths: list[str], vocab_path: str, out_dir: str, par
                 {name: pa.array(values, pa.string()) for name, values in
                  (("doc_id", corpus.doc_ids), ("source", corpus.sources), ("label", corpus.labels))})),
         }
-    release_memory()
+    release_freed_memory()
     result = train_jose(corpus, params, checkpoint_dir, warm_start=warm, progress=progress)
     files = {
         "words": write_word2vec(out / "words.txt", corpus.words, result.u),

@@ -1,4 +1,4 @@
-"""Give the memory a task freed back to the machine when it ends.
+"""Give freed memory back to the machine: when a task ends, and between a stage's phases.
 
 Why: a tokenize task allocates ~150 MiB in its worker (Python token strings, rjieba's
 buffers, Arrow arrays) and frees it, but the worker stayed ~100 MiB larger than before it,
@@ -10,6 +10,9 @@ workers, the flow, the fork server and the Prefect API share a few GiB, and the 
 nanny's environment (``MALLOC_TRIM_THRESHOLD_``); that threshold, measured, did not return
 these pages, and it slowed TensorFlow's training 1.5-1.7x, so ``flows.runtime`` unsets it
 for a run's workers. ``malloc_trim(0)`` returns them, in a few milliseconds.
+
+Within one stage the same holds between phases: JoSE's peak is the sum of what each phase
+(reading the corpus, building the table, compiling the step) left behind.
 """
 from __future__ import annotations
 
