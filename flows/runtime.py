@@ -302,7 +302,13 @@ def start_local_cluster(spec: DaskSpec):
         # the line after still puts our list in place.
         distributed.utils._forkserver_preload_set = True
         distributed.utils.get_mp_context().set_forkserver_preload(["distributed", *MODULES])
-    return distributed.LocalCluster(**_local_cluster_kwargs(spec))
+    cluster = distributed.LocalCluster(**_local_cluster_kwargs(spec))
+    _LOCAL_CLUSTERS.append(cluster)
+    return cluster
+
+
+# The LocalClusters this process started, for ``stop_children``: their nannies live here.
+_LOCAL_CLUSTERS: list = []
 
 
 @dataclass
@@ -397,15 +403,27 @@ def result_storage(path: Path):
 
 def stop_children(grace: float = 3.0) -> None:
     """Terminate every process this one started (Dask nannies and workers, the embedded
-    API), then kill what is still alive after ``grace`` seconds."""
-    import psutil
+    API), then kill what is still alive after ``grace`` seconds.
 
-    children = psutil.Process().children(recursive=True)
-    for child in children:
-        with contextlib.suppress(psutil.Error):
-            child.terminate()
-    _, alive = psutil.wait_procs(children, timeout=grace)
-    for child in alive:
-        with contextlib.suppress(psutil.Error):
-            child.kill()
-    psutil.wait_procs(alive, timeout=grace)
+    The nannies are told first that their workers' exits are expected. A nanny otherwise
+    restarts a worker that exits: through a fork server already stopped here, which failed
+    with a traceback (seen in CI), or through one still alive, which forked a worker that
+    outlived the run. A second sweep stops anything forked in between.
+    """
+    import psutil
+    from distributed import Nanny
+
+    for cluster in _LOCAL_CLUSTERS:
+        for nanny in list(cluster.workers.values()):
+            if isinstance(nanny, Nanny):
+                nanny.close_gracefully(reason="kexue run interrupted")
+    for _ in range(2):
+        children = psutil.Process().children(recursive=True)
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                child.terminate()
+        _, alive = psutil.wait_procs(children, timeout=grace)
+        for child in alive:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        psutil.wait_procs(alive, timeout=grace)

@@ -191,6 +191,32 @@ def test_ctrl_c_during_training_ends_quickly_leaves_no_process_and_the_next_run_
     assert stages["jose"]["metrics"]["resumed_from_epoch"] >= 1
 
 
+STOP_CHILDREN = """
+import sys, time
+import psutil
+from flows import runtime
+from kexue.core.config import DaskSpec
+
+if __name__ == "__main__":  # the fork server re-imports nothing from here
+    runtime.start_local_cluster(DaskSpec(dashboard_address=":0"))
+    time.sleep(1)
+    runtime.stop_children()  # what the Ctrl-C handler does, while the cluster is up
+    time.sleep(2)  # time for a nanny to (wrongly) restart its worker
+    print("left:", len(psutil.Process().children(recursive=True)))
+"""
+
+
+def test_stopping_the_children_leaves_no_nanny_restarting_its_worker(tmp_path):
+    """A nanny restarts a worker that exits. On Ctrl-C that restart either failed with a
+    traceback (the fork server was already stopped) or forked a worker that outlived the run."""
+    script = tmp_path / "stop_children.py"
+    script.write_text(STOP_CHILDREN)
+    out = subprocess.run([str(BIN / "python"), str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["left:", "0"], out.stdout + out.stderr[-3000:]
+    assert "Restarting worker" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_sigterm_to_a_run_with_its_own_api_ends_it_quickly_and_leaves_no_process(tmp_path):
     """SIGTERM (what `timeout`, systemd or `kill` send) while a stage runs. Prefect's flow engine
