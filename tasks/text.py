@@ -57,17 +57,16 @@ def tokenize_partition_task(store: Store, partition: FileRef, params: TokenizePa
     """Tokens of one partition, and their counts — taken while the tokens are in memory."""
     import pyarrow.parquet as pq
 
-    from kexue.text import count as kcount
     from kexue.text import tokenize as ktok
 
-    table, stats = ktok.tokenize_partition(partition.path, params)
+    table, counts, stats = ktok.tokenize_partition(partition.path, params)
     # no min/max statistics for the tokens: nothing filters on them, and over a million strings
     # they took half the time of writing the file
     stats_columns = [c for c in table.column_names if c != "tokens"]
     tokens = save_content_addressed(store.stage_dir("tokenize") / "partitions", ".parquet",
                                     lambda t: pq.write_table(table, t, write_statistics=stats_columns))
-    counts = _save_counts(store.stage_dir("tokenize") / "counts", kcount.count_tokens(table.column("tokens")))
-    return Manifest(stage="tokenize", partitions=[tokens], files={"counts": counts}, metrics=stats)
+    return Manifest(stage="tokenize", partitions=[tokens], metrics=stats,
+                    files={"counts": _save_counts(store.stage_dir("tokenize") / "counts", counts)})
 
 
 @kexue_task("count-merge")

@@ -190,7 +190,7 @@ def test_killed_worker_mid_tokenisation_still_gives_exact_counts(tmp_path, prefe
         ing = next(s for s in summary["stages"] if s["name"] == "ingest")
         expected = Counter()
         for p in ing["files"]["partitions"]:
-            table, _ = tokenize_partition(p, {"backend": "jieba"})
+            table = tokenize_partition(p, {"backend": "jieba"}).table
             expected.update(t for doc in table.column("tokens").to_pylist() for t in doc)
         vocab = pd.read_parquet(next(s for s in summary["stages"] if s["name"] == "count")["files"]["vocabulary"])
         assert dict(zip(vocab["token"], vocab["count"])) == expected

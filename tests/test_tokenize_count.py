@@ -100,9 +100,11 @@ def test_partition_tokens_and_exact_counts(tmp_path, monkeypatch):
     part = tmp_path / "p.parquet"
     pd.DataFrame({"doc_id": [str(i) for i in range(len(rows))], "source": "pd", "label": None,
                   "text": texts, "hash": "", "gold_tokens": [list(r.gold_tokens) for r in rows]}).to_parquet(part)
-    table, stats = tokenize_partition(part, {})
-    monkeypatch.setattr(ktok, "BATCH_DOCS", 700)  # the same, segmented in five batches
-    assert tokenize_partition(part, {}) == (table, stats)
+    table, counts, stats = tokenize_partition(part, {})
+    monkeypatch.setattr(ktok, "BATCH_DOCS", 700)  # the same, segmented (and counted) in five batches
+    again = tokenize_partition(part, {})
+    assert (again.table, again.stats) == (table, stats)
+    assert again.counts.sort_by("token") == counts.sort_by("token")
     tokens = table.to_pandas()
     segment = make_segmenter(TokenizeParams())
     assert [list(t) for t in tokens["tokens"]] == [[w for w in segment(t) if w.strip()] for t in texts]
@@ -123,6 +125,9 @@ def test_partition_tokens_and_exact_counts(tmp_path, monkeypatch):
     plain_df = Counter(t for doc in tokens["tokens"] for t in set(doc))
     assert dict(zip(total["token"], total["count"])) == plain
     assert dict(zip(total["token"], total["doc_freq"])) == plain_df
+    for taken in (counts, again.counts):  # the counts the tokenize task took from its dictionary codes
+        assert dict(zip(taken["token"].to_pylist(), taken["count"].to_pylist())) == plain
+        assert dict(zip(taken["token"].to_pylist(), taken["doc_freq"].to_pylist())) == plain_df
     assert kcount.count_tokens(table.column("tokens")).to_pydict() == kcount.count_partition(tpath).to_pydict()
     v = kcount.vocabulary(pd.DataFrame(total))
     assert list(v["rank"]) == list(range(len(v)))

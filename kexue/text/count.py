@@ -29,18 +29,29 @@ def count_tokens(docs: pa.Array | pa.ChunkedArray) -> pa.Table:
     if isinstance(docs, pa.ChunkedArray):
         docs = docs.combine_chunks()
     encoded = pc.dictionary_encode(pc.list_flatten(docs))
-    n_types = len(encoded.dictionary)
-    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    return count_encoded(encoded.indices.to_numpy(zero_copy_only=False), pc.list_parent_indices(docs).to_numpy(zero_copy_only=False),
+                         encoded.dictionary)
+
+
+def count_encoded(codes: np.ndarray, doc: np.ndarray, dictionary: pa.Array) -> pa.Table:
+    """(token, count, doc_freq) of tokens given as ``codes`` into ``dictionary``, ``doc[i]``
+    being token i's document (non-decreasing); the tokens that occur, in dictionary order."""
+    n_types = len(dictionary)
+    codes = codes.astype(np.int64, copy=False)
     # distinct (document, token) pairs: sorted pair keys, each counted where it first appears
-    pairs = pc.list_parent_indices(docs).to_numpy(zero_copy_only=False).astype(np.int64) * n_types + codes
+    pairs = doc.astype(np.int64) * n_types + codes
     # already in document order, shuffled only within each short document: numpy's stable sort
     # (a timsort, which merges presorted stretches almost for free) takes 25 ms where the
     # default quicksort takes 55-70 on a million tokens
     pairs.sort(kind="stable")
     first = np.ones(len(pairs), dtype=bool)
     np.not_equal(pairs[1:], pairs[:-1], out=first[1:])
-    return pa.table([encoded.dictionary, pa.array(np.bincount(codes, minlength=n_types)),
-                     pa.array(np.bincount(pairs[first] % max(n_types, 1), minlength=n_types))], schema=PARTIAL_SCHEMA)
+    count = np.bincount(codes, minlength=n_types)
+    doc_freq = np.bincount(pairs[first] % max(n_types, 1), minlength=n_types)
+    if np.all(count):
+        return pa.table([dictionary, pa.array(count), pa.array(doc_freq)], schema=PARTIAL_SCHEMA)
+    seen = np.flatnonzero(count)
+    return pa.table([dictionary.take(seen), pa.array(count[seen]), pa.array(doc_freq[seen])], schema=PARTIAL_SCHEMA)
 
 
 def count_partition(tokens_path: str | Path) -> pa.Table:
@@ -49,7 +60,8 @@ def count_partition(tokens_path: str | Path) -> pa.Table:
 
 
 def merge_partials(tables: list[pa.Table]) -> pa.Table:
-    """Sum partial count tables (token → count, doc_freq); order follows first appearance."""
+    """Sum partial count tables (token → count, doc_freq), in a reproducible order (not
+    necessarily of first appearance; ``vocabulary`` ranks them)."""
     if len(tables) == 1:
         return tables[0]
     merged = pa.concat_tables([t.select(PARTIAL_SCHEMA.names).cast(PARTIAL_SCHEMA) for t in tables])

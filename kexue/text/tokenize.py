@@ -25,6 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from kexue.text.count import count_encoded, count_tokens, merge_partials
 from kexue.text.params import TokenizeParams
 
 log = logging.getLogger(__name__)
@@ -168,26 +170,33 @@ class _Segmented(NamedTuple):
     and which rjieba token finalseg would split is then a question about each *distinct*
     token (tens of thousands), not about every token (a million per partition); each of
     those had been a pass over every token in Arrow, together a quarter of a tokenize task.
+    The codes also give the batch's counts without hashing every token again.
     """
 
     flat: pa.StringArray  # every token in order; each document's are followed by _DOC_SEP
-    codes: np.ndarray  # each token's index into ``distinct``
-    distinct: list[str]
+    codes: np.ndarray  # each token's index into ``dictionary``
+    dictionary: pa.StringArray  # the distinct tokens, in order of first appearance
 
     @classmethod
     def of(cls, tokens: list[str]) -> "_Segmented":
         flat = _flat(tokens)
         encoded = pc.dictionary_encode(flat)
-        return cls(flat, encoded.indices.to_numpy(zero_copy_only=False), encoded.dictionary.to_pylist())
+        return cls(flat, encoded.indices.to_numpy(zero_copy_only=False), encoded.dictionary)
 
     def flags(self, test: Callable[[str], bool]) -> np.ndarray:
         """``test(token)`` for every token, asked once per distinct token."""
-        return np.fromiter(map(test, self.distinct), bool, len(self.distinct))[self.codes]
+        return np.fromiter(map(test, self.dictionary.to_pylist()), bool, len(self.dictionary))[self.codes]
+
+    def kept(self, drop_whitespace: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(which tokens to keep: no separator, no white space if asked; each token's document)."""
+        sep = pc.index(self.dictionary, _DOC_SEP).as_py()
+        is_sep = self.codes == sep
+        keep = ~(is_sep | self.flags(_is_blank)) if drop_whitespace else ~is_sep
+        return keep, np.cumsum(is_sep)
 
     def documents(self, n_docs: int, drop_whitespace: bool) -> pa.ListArray:
-        is_sep = self.flags(_DOC_SEP.__eq__)
-        keep = ~(is_sep | self.flags(_is_blank)) if drop_whitespace else ~is_sep
-        return _lists(self.flat, np.cumsum(is_sep), keep, n_docs)
+        keep, doc = self.kept(drop_whitespace)
+        return _lists(self.flat, doc, keep, n_docs)
 
 
 def _is_blank(token: str) -> bool:
@@ -197,12 +206,14 @@ def _is_blank(token: str) -> bool:
 def _split_splittable(tokens: list[str], seg: _Segmented) -> _Segmented:
     """rjieba's HMM tokens re-split as jieba's finalseg splits them (``_split_like_jieba``).
 
-    Which distinct tokens split is asked once each; the few tokens to replace are found by
-    their codes, so no Python loop visits every token unless one needs splitting."""
+    Which distinct tokens split is asked once each, and only of those holding a joiner (found
+    in Arrow); the few tokens to replace are found by their codes, so no Python loop visits
+    every token unless one needs splitting."""
     import rjieba
 
-    parts_of = {code: parts for code, t in enumerate(seg.distinct)
-                if _JOINER.search(t) and (parts := _split_like_jieba(t, rjieba.has_word)) != [t]}
+    candidates = pc.indices_nonzero(pc.match_substring_regex(seg.dictionary, _JOINER.pattern)).to_numpy()
+    parts_of = {code: parts for code, t in zip(candidates.tolist(), seg.dictionary.take(candidates).to_pylist())
+                if (parts := _split_like_jieba(t, rjieba.has_word)) != [t]}
     if not parts_of:
         return seg
     at = np.flatnonzero(np.isin(seg.codes, np.fromiter(parts_of, np.int64, len(parts_of))))
@@ -265,17 +276,28 @@ def drop_whitespace(docs: pa.ListArray) -> pa.ListArray:
     return _lists(values, np.repeat(np.arange(len(docs)), per_doc), ~drop, len(docs))
 
 
-def tokenize_partition(ingest_path: str | Path, params: dict[str, Any] | TokenizeParams) -> tuple[pa.Table, dict[str, int]]:
-    """Segment every document of one ingest partition.
+class Tokenized(NamedTuple):
+    """One partition's tokens table, its partial counts (``kexue.text.count.PARTIAL_SCHEMA``:
+    the rows ``count_tokens`` of the tokens column gives, in another order) and its statistics."""
 
-    Returns the tokens table (doc_id, source, label, tokens) and segmentation counts
-    against the gold tokens where the partition has them (People's Daily). Documents are
-    segmented a batch at a time (``segment_batch``), so the Python token strings (an
-    object of tens of bytes each) of only one batch are alive.
+    table: pa.Table
+    counts: pa.Table
+    stats: dict[str, int]
+
+
+def tokenize_partition(ingest_path: str | Path, params: dict[str, Any] | TokenizeParams) -> Tokenized:
+    """Segment every document of one ingest partition, and count the tokens.
+
+    Returns the tokens table (doc_id, source, label, tokens), their counts, and segmentation
+    counts against the gold tokens where the partition has them (People's Daily). Documents
+    are segmented a batch at a time (``segment_batch``), so the Python token strings (an
+    object of tens of bytes each) of only one batch are alive; each batch is counted from
+    its dictionary codes, and the batches' counts are summed.
     """
     p = params if isinstance(params, TokenizeParams) else TokenizeParams.model_validate(params)
     table = pq.read_table(ingest_path, columns=["doc_id", "source", "label", "text", "gold_tokens"])
     chunks: list[pa.Array] = []
+    partials: list[pa.Table] = []
     tp = n_pred = n_gold = gold_docs = 0
     for batch in table.select(["text", "gold_tokens"]).to_batches(max_chunksize=BATCH_DOCS):
         texts, gold = batch.column(0).to_pylist(), batch.column(1)
@@ -284,9 +306,12 @@ def tokenize_partition(ingest_path: str | Path, params: dict[str, Any] | Tokeniz
         if _has_separator(texts):
             scored = _segment_each(texts, p)
             kept = drop_whitespace(scored) if p.drop_whitespace else scored
+            partials.append(count_tokens(kept))
         else:  # segmented once; the tokens with white space only where they are scored
             seg = _segment(texts, p)
-            kept = seg.documents(len(texts), p.drop_whitespace)
+            keep, doc = seg.kept(p.drop_whitespace)
+            kept = _lists(seg.flat, doc, keep, len(texts))
+            partials.append(count_encoded(seg.codes[keep], doc[keep], seg.dictionary))
             scored = seg.documents(len(texts), False) if n and p.drop_whitespace else kept
         if n:  # segmentation is scored before white space is dropped
             counts = segmentation_counts(scored.filter(has_gold), gold.filter(has_gold))
@@ -304,4 +329,4 @@ def tokenize_partition(ingest_path: str | Path, params: dict[str, Any] | Tokeniz
         "seg_gold": n_gold,
         "seg_docs": gold_docs,
     }
-    return out, stats
+    return Tokenized(out, merge_partials(partials) if partials else count_tokens(tokens), stats)
