@@ -80,15 +80,17 @@ def is_number(token: str) -> bool:
     return all(unicodedata.category(c)[0] == "N" for c in token)
 
 
-def every_char_passes(tokens: pd.Series, test: Callable[[str], bool]) -> np.ndarray:
+def every_char_passes(tokens: pd.Series | pa.Array, test: Callable[[str], bool]) -> np.ndarray:
     """``test(token)`` for every token, where ``test`` holds for a token iff it holds for each of
     its characters (``is_punct``, ``is_number``): each distinct character is tested once, then a
     token passes when stripping the passing characters leaves nothing. Same answers as
-    ``tokens.map(test)``, several times faster on a vocabulary (str.strip runs in C).
+    ``tokens.map(test)``; the joining and the stripping run in Arrow, with no Python string per
+    token (a vocabulary's two flags took 0.08 s in Python, most of the vocabulary's time).
     """
-    tokens = tokens.tolist()  # Python strings once: iterating a pyarrow-backed Series costs 2.5 µs a token
-    passing = "".join(c for c in set("".join(tokens)) if test(c))
-    return np.fromiter((not t.strip(passing) for t in tokens), dtype=bool, count=len(tokens))
+    strings = tokens if isinstance(tokens, pa.Array) else pa.array(tokens, pa.string())
+    whole = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(strings)], pa.int32()), strings), "")[0].as_py()
+    passing = "".join(c for c in set(whole or "") if test(c))
+    return pc.equal(pc.utf8_trim(strings, passing), "").to_numpy(zero_copy_only=False)
 
 
 def vocabulary(total: pa.Table | pd.DataFrame) -> pd.DataFrame:
