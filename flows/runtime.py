@@ -411,12 +411,14 @@ def stop_children(grace: float = 3.0) -> None:
     outlived the run. A second sweep stops anything forked in between.
     """
     import psutil
-    from distributed import Nanny
 
-    for cluster in _LOCAL_CLUSTERS:
-        for nanny in list(cluster.workers.values()):
-            if isinstance(nanny, Nanny):
-                nanny.close_gracefully(reason="kexue run interrupted")
+    if _LOCAL_CLUSTERS:  # none yet: Dask need not be imported to stop (interrupted before the cluster started)
+        from distributed import Nanny
+
+        for cluster in _LOCAL_CLUSTERS:
+            for nanny in list(cluster.workers.values()):
+                if isinstance(nanny, Nanny):
+                    nanny.close_gracefully(reason="kexue run interrupted")
     for _ in range(2):
         children = psutil.Process().children(recursive=True)
         for child in children:
