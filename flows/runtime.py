@@ -23,6 +23,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -303,12 +304,13 @@ def start_local_cluster(spec: DaskSpec):
         distributed.utils._forkserver_preload_set = True
         distributed.utils.get_mp_context().set_forkserver_preload(["distributed", *MODULES])
     cluster = distributed.LocalCluster(**_local_cluster_kwargs(spec))
-    _LOCAL_CLUSTERS.append(cluster)
+    _LOCAL_CLUSTERS.add(cluster)
     return cluster
 
 
 # The LocalClusters this process started, for ``stop_children``: their nannies live here.
-_LOCAL_CLUSTERS: list = []
+# Weak: a finished run's cluster is not kept alive by being listed.
+_LOCAL_CLUSTERS: weakref.WeakSet = weakref.WeakSet()
 
 
 @dataclass
@@ -415,7 +417,7 @@ def stop_children(grace: float = 3.0) -> None:
     if _LOCAL_CLUSTERS:  # none yet: Dask need not be imported to stop (interrupted before the cluster started)
         from distributed import Nanny
 
-        for cluster in _LOCAL_CLUSTERS:
+        for cluster in list(_LOCAL_CLUSTERS):
             for nanny in list(cluster.workers.values()):
                 if isinstance(nanny, Nanny):
                     nanny.close_gracefully(reason="kexue run interrupted")
