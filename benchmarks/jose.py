@@ -96,9 +96,11 @@ def run_step_floor(params: dict) -> None:
     1,000-row table. Its peak RSS is what our stage holds before any corpus-sized data."""
     import numpy as np
 
+    from kexue.core.memory import release_library_pages
     from kexue.embed.jose import Block, JoseModel, configure_threads, random_unit_rows
     from kexue.embed.params import JoseParams
 
+    release_library_pages()  # as the stage does first
     configure_threads()
     p = JoseParams.of(params)
     words = 400

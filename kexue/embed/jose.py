@@ -56,7 +56,7 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 
 from kexue.core.artifacts import atomic_path, save_npy_atomic, sha256_text, write_json_atomic, write_parquet_atomic
-from kexue.core.memory import release_freed_memory
+from kexue.core.memory import release_freed_memory, release_library_pages
 from kexue.embed.params import JoseParams, StrategyName
 
 log = logging.getLogger(__name__)
@@ -748,6 +748,10 @@ def train_jose_stage(tokens_paths: list[str], vocab_path: str, out_dir: str, par
     from kexue.embed.word2vec import write_word2vec
 
     params = JoseParams.of(params)
+    # TensorFlow's import left 366 MB of its libraries resident that training never touches
+    # again: handed back before the stage's data adds to the process (kexue.core.memory)
+    released = release_library_pages()
+    log.info("jose: %.0f MB of library pages released", (released or 0) / 1e6)
     corpus = load_corpus(tokens_paths, vocab_path, params.min_count)
     warm = _read_warm_start(warm_start_dir) if warm_start_dir else None
     out = Path(out_dir)
