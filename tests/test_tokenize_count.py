@@ -145,7 +145,8 @@ def test_a_batch_segmented_in_one_call_equals_segmenting_each_text(backend, hmm)
 
     from itertools import islice
 
-    texts = [r.text for r in islice(reviews(), 3000)] + ["", " ", "x y", "a", "\u3000\n", "www.x.com 2008-6-1"]
+    texts = [r.text for r in islice(reviews(), 3000)] + ["", " ", "x y", "a", "\u3000\n", "www.x.com 2008-6-1",
+                                                      "\xa0", "\u2003好\u2003", "\u200b", "a\u3000\u3000b"]
     p = TokenizeParams(backend=backend, hmm=hmm)
     segment = make_segmenter(p)
     each = pa.array([segment(t) for t in texts], ktok.TOKENS_TYPE)
