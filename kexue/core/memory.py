@@ -101,7 +101,9 @@ def release_library_pages() -> int | None:
     except OSError:
         return None
     before = resident_bytes()
+    understood = False  # EINVAL from every call: a kernel without MADV_PAGEOUT
     for start, end in mappings:
-        if madvise(start, end - start, MADV_PAGEOUT) != 0 and ctypes.get_errno() == errno.EINVAL:
-            return None  # a kernel without MADV_PAGEOUT: nothing released
+        understood |= madvise(start, end - start, MADV_PAGEOUT) == 0 or ctypes.get_errno() != errno.EINVAL
+    if mappings and not understood:
+        return None
     return max(0, before - resident_bytes())
