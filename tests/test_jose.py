@@ -473,3 +473,18 @@ def test_stage_on_planted_topics_separates_documents_and_warm_starts(tmp_path):
                             warm_start_dir=str(tmp_path / "out"), evaluate_vectors=False)
     assert warm["metrics"]["warm_started_words"] == len(pd.read_parquet(vocab_path))
     assert warm["metrics"]["vocab_size"] == len(pd.read_parquet(vocab_path)) + 1
+
+
+def test_sampler_finds_each_tokens_document_from_the_lengths(tmp_path):
+    """Documents with no in-vocabulary token (empty, or only rare words) hold no positions;
+    every chunk's tokens still get their own document's row."""
+    docs = [["a", "b", "a"], [], ["rare"], ["b"], ["a", "a", "b", "b"], [], ["b", "a"]]
+    tokens_paths, vocab_path, _ = write_corpus(tmp_path, docs)
+    corpus = load_corpus(tokens_paths, vocab_path, 2)
+    assert corpus.doc_lengths.tolist() == [3, 0, 0, 1, 4, 0, 2]
+    sampler = TupleSampler(corpus, JoseParams.model_validate({**SMALL, "min_count": 2}), chunk_tokens=2)
+    bounds = list(sampler._chunk_bounds())
+    assert len(bounds) > 2 and bounds[-1][1] == corpus.train_words
+    got = np.concatenate([sampler._documents(start, end) for start, end in bounds])
+    np.testing.assert_array_equal(got, [0, 0, 0, 3, 4, 4, 4, 4, 6, 6])
+    np.testing.assert_array_equal(got, corpus.doc)

@@ -35,6 +35,7 @@ from an epoch checkpoint continues exactly as the uninterrupted run would have.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import logging
@@ -76,10 +77,11 @@ COPY_ROWS = 8192  # rows per copy between the table variable and numpy: 3.2 MB a
 class Corpus:
     """The training corpus as index arrays: every in-vocabulary token of every document.
 
-    ``ids[t]`` is the vocabulary row of token t and ``doc[t]`` its document row; documents
-    are contiguous. Tokens not in the vocabulary (below ``min_count``, or containing
-    whitespace, which word2vec text cannot store) are dropped before windows are formed,
-    as in the reference.
+    ``ids[t]`` is the vocabulary row of token t; documents are contiguous, document i holding
+    ``doc_lengths[i]`` tokens (``doc`` spells out each token's document). Why lengths and not a
+    document row per token: that array was as large as ``ids`` (42 MB at 218 k documents).
+    Tokens not in the vocabulary (below ``min_count``, or containing whitespace, which
+    word2vec text cannot store) are dropped before windows are formed, as in the reference.
     """
 
     words: list[str]
@@ -88,11 +90,22 @@ class Corpus:
     sources: list[str]
     labels: list[str | None]
     ids: np.ndarray  # int32 [N]
-    doc: np.ndarray  # int32 [N]
+    doc_lengths: np.ndarray  # int32 [documents]: in-vocabulary tokens of each document
 
     @property
     def train_words(self) -> int:
         return int(self.ids.shape[0])
+
+    @property
+    def doc(self) -> np.ndarray:
+        """int32 [N]: each token's document row (built on demand; training never needs it whole)."""
+        return np.repeat(np.arange(len(self.doc_lengths), dtype=np.int32), self.doc_lengths)
+
+    def without_tokens(self) -> "Corpus":
+        """The same documents and vocabulary with no token arrays: what is left to write and
+        evaluate the vectors once training is done (the arrays were 8 bytes a token)."""
+        return Corpus(words=self.words, counts=self.counts, doc_ids=self.doc_ids, sources=self.sources,
+                      labels=self.labels, ids=np.zeros(0, np.int32), doc_lengths=np.zeros(0, np.int32))
 
     def fingerprint(self) -> str:
         return sha256_text(
@@ -118,7 +131,7 @@ def load_corpus(tokens_paths: list[str], vocab_path: str, min_count: int) -> Cor
             raise ValueError(f"no vocabulary word has count >= min_count={min_count} in {vocab_path}")
         counts = vocab["count"].to_numpy().astype(np.int64)
         word_set = vocab["token"].combine_chunks()
-        ids_parts, doc_parts = [], []
+        ids_parts, length_parts = [], []
         doc_ids: list[str] = []
         sources: list[str] = []
         labels: list[str | None] = []
@@ -128,19 +141,19 @@ def load_corpus(tokens_paths: list[str], vocab_path: str, min_count: int) -> Cor
                 tokens = batch.column("tokens")
                 lengths = pc.fill_null(pc.list_value_length(tokens), 0).to_numpy()
                 rows = pc.fill_null(pc.index_in(tokens.flatten(), value_set=word_set), -1).to_numpy()
-                doc_rows = np.repeat(np.arange(len(doc_ids), len(doc_ids) + len(lengths), dtype=np.int32), lengths)
                 keep = rows >= 0
                 ids_parts.append(rows[keep].astype(np.int32))
-                doc_parts.append(doc_rows[keep])
+                doc_rows = np.repeat(np.arange(len(lengths)), lengths)
+                length_parts.append(np.bincount(doc_rows[keep], minlength=len(lengths)).astype(np.int32))
                 doc_ids += batch.column("doc_id").to_pylist()
                 sources += _shared_values(batch.column("source"))
                 labels += _shared_values(batch.column("label"))
         corpus = Corpus(
             words=words, counts=counts, doc_ids=doc_ids, sources=sources, labels=labels,
             ids=np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int32),
-            doc=np.concatenate(doc_parts) if doc_parts else np.zeros(0, np.int32),
+            doc_lengths=np.concatenate(length_parts) if length_parts else np.zeros(0, np.int32),
         )
-        del vocab, word_set, ids_parts, doc_parts
+        del vocab, word_set, ids_parts, length_parts
     release_freed_memory()
     return corpus
 
@@ -213,12 +226,9 @@ class TupleSampler:
         for i in range(0, size, 1 << 20):  # in slices: whole-table float64 temporaries were ~100 MB at 4M entries
             j = min(i + (1 << 20), size)
             self.negative_table[i:j] = np.minimum(np.searchsorted(cdf, (np.arange(i, j) + 0.5) / size), len(counts) - 1)
-        # first position of each document that has tokens (``doc`` is sorted); a search per
-        # document, not a diff over every token (two corpus-sized temporaries); needles of
-        # doc's dtype, or numpy converts all of doc to theirs first
-        doc_starts = np.unique(np.searchsorted(corpus.doc, np.arange(len(corpus.doc_ids), dtype=corpus.doc.dtype)))
-        doc_starts = doc_starts[doc_starts < corpus.train_words]
-        self.doc_starts = np.append(doc_starts, corpus.train_words)
+        self.doc_ends = np.cumsum(corpus.doc_lengths, dtype=np.int64)  # one past each document's last token
+        # first position of each document that has tokens, and the end of the corpus
+        self.doc_starts = np.append((self.doc_ends - corpus.doc_lengths)[corpus.doc_lengths > 0], corpus.train_words)
 
     def _chunk_bounds(self) -> Iterator[tuple[int, int]]:
         """Chunks of about ``chunk_tokens`` raw tokens that end at document boundaries."""
@@ -231,6 +241,11 @@ class TupleSampler:
             yield start, end
             start = end
 
+    def _documents(self, start: int, end: int) -> np.ndarray:
+        """Each token's document row for tokens ``start, end`` (a chunk: whole documents)."""
+        first, stop = np.searchsorted(self.doc_ends, [start, end], side="right")
+        return np.repeat(np.arange(first, stop, dtype=np.int32), self.corpus.doc_lengths[first:stop])
+
     def tuples(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(rows int32 [T, 2 + K], raw int64 [T]) chunk by chunk, in the reference's order.
 
@@ -242,7 +257,7 @@ class TupleSampler:
         slots = offsets.shape[0] + 1  # 2·window neighbours, then the word–document term
         for start, end in self._chunk_bounds():
             ids = self.corpus.ids[start:end]
-            docs = self.corpus.doc[start:end]
+            docs = self._documents(start, end)
             kept = np.flatnonzero(rng.random(end - start) < self.keep_probability[ids])
             word, doc = ids[kept], docs[kept]
             m = kept.shape[0]
@@ -586,9 +601,13 @@ class EpochProgress:
 
 @dataclass
 class TrainResult:
-    u: np.ndarray
-    v: np.ndarray
-    d: np.ndarray
+    """What training did; the vectors ``u``, ``v``, ``d`` (unit rows) are read from the final
+    checkpoint when first asked for, so a caller can free what it no longer needs first
+    (``train_jose_stage`` drops the corpus's token arrays)."""
+
+    checkpoints: "Checkpoints"
+    fingerprint: str
+    epochs: int
     epochs_run: int
     resumed_from_epoch: int
     warm_started_words: int
@@ -596,6 +615,29 @@ class TrainResult:
     seconds: float
     losses: list[float] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
+
+    @functools.cached_property
+    def _vectors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # the last checkpoint holds the final table: reading it back (rather than copying the
+        # variable out) means the table and its copy never coexist
+        final = self.checkpoints.load(self.fingerprint)
+        if final is None or final[0] != self.epochs:
+            raise RuntimeError(f"JoSE: the checkpoint of epoch {self.epochs} in {self.checkpoints.directory} "
+                               "could not be read back after training")
+        u, v, d = (normalise_rows(final[1].pop(name)) for name in ("u", "v", "d"))
+        return u, v, d
+
+    @property
+    def u(self) -> np.ndarray:
+        return self._vectors[0]
+
+    @property
+    def v(self) -> np.ndarray:
+        return self._vectors[1]
+
+    @property
+    def d(self) -> np.ndarray:
+        return self._vectors[2]
 
 
 def configure_threads() -> None:
@@ -677,15 +719,9 @@ def train_jose(corpus: Corpus, params: JoseParams, checkpoint_dir: str | os.Path
     del model, sampler  # the variable and the compiled step: freed before the vectors are read
     gc.collect()  # tf.function holds bound methods of the model: a reference cycle
     release_freed_memory()
-    # the last checkpoint holds the final table: reading it back (rather than copying the
-    # variable out) means the table and its copy never coexist
-    final = checkpoints.load(fingerprint)
-    if final is None or final[0] != params.epochs:
-        raise RuntimeError(f"JoSE: the checkpoint of epoch {params.epochs} in {checkpoints.directory} "
-                           "could not be read back after training")
-    u, v, d = (normalise_rows(final[1].pop(name)) for name in ("u", "v", "d"))
     return TrainResult(
-        u=u, v=v, d=d, epochs_run=params.epochs - first_epoch, resumed_from_epoch=first_epoch,
+        checkpoints=checkpoints, fingerprint=fingerprint, epochs=params.epochs,
+        epochs_run=params.epochs - first_epoch, resumed_from_epoch=first_epoch,
         warm_started_words=warm_words, tokens_trained=(params.epochs - first_epoch) * corpus.train_words,
         seconds=time.perf_counter() - t0, losses=losses, epoch_seconds=epoch_seconds,
     )
@@ -776,6 +812,8 @@ def train_jose_stage(tokens_paths: list[str], vocab_path: str, out_dir: str, par
         }
     release_freed_memory()
     result = train_jose(corpus, params, checkpoint_dir, warm_start=warm, progress=progress)
+    corpus_tokens = corpus.train_words
+    corpus = corpus.without_tokens()  # 8 bytes a token, freed before the vectors are read back
     files = {
         "words": write_word2vec(out / "words.txt", corpus.words, result.u),
         "contexts": write_word2vec(out / "contexts.txt", corpus.words, result.v),
@@ -790,7 +828,7 @@ def train_jose_stage(tokens_paths: list[str], vocab_path: str, out_dir: str, par
         metrics = evaluate(result.u, corpus.words, result.d, corpus, tokens_paths, params, out / "angles.png")
         files["angles"] = out / "angles.png"
     metrics.update({
-        "vocab_size": len(corpus.words), "documents": len(corpus.doc_ids), "corpus_tokens": corpus.train_words,
+        "vocab_size": len(corpus.words), "documents": len(corpus.doc_ids), "corpus_tokens": corpus_tokens,
         "tokens_trained": result.tokens_trained, "epochs": params.epochs, "epochs_run": result.epochs_run,
         "resumed_from_epoch": result.resumed_from_epoch, "warm_started_words": result.warm_started_words,
         "seconds": round(result.seconds, 3),
