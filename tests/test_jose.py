@@ -165,19 +165,22 @@ def test_single_tuple_update_matches_reference_transcription():
         assert np.abs(got["u"][1] - u0[1]).max() > 1e-3 and np.abs(got[table][a] - start[a]).max() > 1e-3
 
 
-def test_positions_of_short_documents_match_the_jose_c_loop(tmp_path):
+@pytest.mark.parametrize("negatives", ["together", "sequential"])
+def test_positions_of_short_documents_match_the_jose_c_loop(tmp_path, negatives):
     """Several positions, K = 2, subsampling off, batch 1: each tuple is one step, as in the C loop.
 
     The transcription walks the positions as jose.c does — each in-document neighbour q of p
     (window 1: always q = p ± 1) with (u[q], v[p]), then (u[p], d) — and takes only the
     random draws (negatives, learning rate) from the sampler. jose.c applies a tuple's two
-    negatives one after the other, a step applies them together: they differ by O(α²), so
-    α is small and the *changes* of the vectors are compared.
+    negatives one after the other; the default applies them together, O(α²) away, and so
+    does ``sequential`` where a negative is the tuple's own positive (its two updates are
+    summed, not chained; frequent in a vocabulary this small): so α is small and the
+    *changes* of the vectors are compared. Exactness is tested on one tuple below.
     """
     docs = [["a", "b", "c", "a", "d"], ["c", "b"], ["d"]]
     tokens_paths, vocab_path, _ = write_corpus(tmp_path, docs)
     params = JoseParams(dim=8, window=1, negative=2, sample=0.0, min_count=1, alpha=0.002, epochs=1,
-                        batch_size=1, steps_per_block=64, seed=5)
+                        batch_size=1, steps_per_block=64, seed=5, negatives=negatives)
     corpus = load_corpus(tokens_paths, vocab_path, params.min_count)
     n_words = len(corpus.words)
     rng = np.random.default_rng(0)
@@ -206,6 +209,28 @@ def test_positions_of_short_documents_match_the_jose_c_loop(tmp_path):
         change = want[name] - start
         assert np.abs(change).max() > 1e-3
         np.testing.assert_allclose(got[name] - start, change, atol=3e-5)
+
+
+def test_sequential_negatives_follow_the_c_loop_and_together_does_not():
+    """One tuple, K = 2 distinct negatives, a large α and a margin every pair violates: jose.c
+    evaluates the second negative's hinge on the u and anchor the first one moved.
+    ``negatives="sequential"`` gives its rows to rounding; ``together`` (one read, summed
+    updates) is O(α²) away, visibly at this α."""
+    rng = np.random.default_rng(4)
+    dim, alpha, margin = 10, 0.2, 1.9
+    u0, v0, d0 = random_unit_rows(rng, 6, dim), random_unit_rows(rng, 6, dim), random_unit_rows(rng, 2, dim)
+    block = Block(rows=np.array([[[1, 6 + 2, 3, 4]]], np.int32), alpha=np.array([alpha], np.float32), tuples=1, tokens_done=0)
+    want = {"u": u0.astype(np.float64), "v": v0.astype(np.float64), "d": d0.astype(np.float64)}
+    reference_hinge((want["u"], 1), (want["v"], 2), [3, 4], word=2, alpha=alpha, margin=margin)
+    error = {}
+    for negatives in ("sequential", "together"):
+        model = model_of(u0, v0, d0, JoseParams(dim=dim, negative=2, margin=margin, batch_size=1, steps_per_block=1,
+                                                negatives=negatives))
+        model.train_block(block)
+        model.renormalise()
+        got = dict(model.table_parts())
+        error[negatives] = max(np.abs(got[name] - want[name]).max() for name in "uvd")
+    assert error["sequential"] < 2e-6 and error["together"] > 1e-3, error
 
 
 def test_one_token_document_vector_moves(tmp_path):

@@ -27,7 +27,11 @@ XLA-compiled ``tf.while_loop`` runs all steps of the block. u, v and d are one t
 step is one gather, a little arithmetic and one scatter-add. A step's ``batch_size`` tuples
 come from ``batch_size`` different stretches of the block (see ``TupleSampler.blocks``), so a
 row is rarely hit twice from the same stale read — like the reference's lock-free threads,
-with many more of them.
+with many more of them. A tuple's K negatives are applied together by default (one read,
+summed updates); ``negatives="sequential"`` applies them in turn as jose.c does
+(``sequential_moves``). That and the shared read of a step's tuples are the two ways the
+default departs from single-threaded jose.c: with both undone (sequential, batch 16) the
+random-pair cosine and doc accuracy match it on the benchmark corpus.
 
 Determinism: all randomness comes from numpy generators seeded by (seed, epoch) and the
 compiled step runs on one thread, so a run is reproducible for a seed, and a run resumed
@@ -391,6 +395,33 @@ def hinge_coefficients(f, h, keep, alpha, margin: float, correction: str = "refe
     return coefficients, loss
 
 
+def unit_rows(x):
+    """``x`` with each row (last axis) scaled to unit length."""
+    return x * tf.math.rsqrt(row_sums(x * x))[..., None]
+
+
+def sequential_moves(x, keep, alpha, margin: float, correction: str = "reference"):
+    """jose.c's order for a tuple's K negatives: one after another, each hinge evaluated on the
+    rows as the previous negative left them (renormalised), as the C loop does.
+
+    ``x`` [B, 2+K, D] unit rows (u, anchor, u′_1..u′_K), ``keep`` [B, K] as for
+    ``hinge_coefficients``. Returns the moved unit rows [B, 2+K, D] and the hinge loss [B].
+    Why it matters: summed from one read (``negatives="together"``), a second negative can
+    push on a pair the first one already separated past the margin; here it sees that.
+    """
+    u, a = x[:, 0], x[:, 1]
+    moved, loss = [], 0.0
+    for k in range(x.shape[1] - 2):
+        r = tf.stack([u, a, x[:, 2 + k]], axis=1)
+        coefficients, loss_k = hinge_coefficients(row_sums(u * a), row_sums(r[:, 2:] * a[:, None]), keep[:, k:k + 1],
+                                                  alpha, margin, correction)
+        r = unit_rows(r + combine_rows(coefficients, r))
+        u, a = r[:, 0], r[:, 1]
+        moved.append(r[:, 2])
+        loss += loss_k
+    return tf.stack([u, a, *moved], axis=1), loss
+
+
 def row_sums(x):
     """Sum over the last axis, as a matrix–vector product with ones: XLA:CPU vectorises
     that, but emits a row reduction as a scalar loop (the step's dot products and norms)."""
@@ -487,15 +518,21 @@ class JoseModel(tf.Module):
         real = rows[:, 1] >= 0  # padding tuples are all −1
         rows = tf.maximum(rows, 0)
         r = tf.gather(self.table, rows)  # [B, 2+K, D] stored rows
-        e = r.shape[1]
-        sums = row_sums(tf.concat([r * r, r * r[:, 1:2, :]], axis=1))  # [B, 2(2+K)]: |x_j|², x_j·a
-        norm = tf.sqrt(sums[:, :e])
-        cosine = sums[:, e:] / (norm * norm[:, 1:2])  # cos(x_j, a)
         word = tf.where(rows[:, 1] < 2 * self.words, rows[:, 1] - self.words, rows[:, 0])  # the position's word
         keep = (rows[:, 2:] != word[:, None]) & real[:, None]  # the reference skips a negative equal to it
-        coefficients, loss = hinge_coefficients(cosine[:, 0], cosine[:, 2:], keep, alpha, p.margin, p.correction)
-        coefficients *= norm[:, :, None] / norm[:, None, :]  # Δr_i = n_i Σ_j C_ij r_j / n_j
-        delta = combine_rows(coefficients, r)
+        if p.negatives == "sequential":
+            norm = tf.sqrt(row_sums(r * r))[:, :, None]
+            x = r / norm
+            moved, loss = sequential_moves(x, keep, alpha, p.margin, p.correction)
+            delta = norm * (moved - x)  # a stored row keeps its length: n·x becomes n·x_moved
+        else:
+            e = r.shape[1]
+            sums = row_sums(tf.concat([r * r, r * r[:, 1:2, :]], axis=1))  # [B, 2(2+K)]: |x_j|², x_j·a
+            norm = tf.sqrt(sums[:, :e])
+            cosine = sums[:, e:] / (norm * norm[:, 1:2])  # cos(x_j, a)
+            coefficients, loss = hinge_coefficients(cosine[:, 0], cosine[:, 2:], keep, alpha, p.margin, p.correction)
+            coefficients *= norm[:, :, None] / norm[:, None, :]  # Δr_i = n_i Σ_j C_ij r_j / n_j
+            delta = combine_rows(coefficients, r)
         self.table.scatter_add(tf.IndexedSlices(tf.reshape(delta, [-1, p.dim]), tf.reshape(rows, [-1])))
         return tf.reduce_sum(loss)
 

@@ -17,7 +17,7 @@ StrategyName = Literal["default", "one_device_cpu"]  # kexue.embed.jose.STRATEGI
 # What a checkpoint must agree on to be resumed: everything that changes the trained vectors
 # (threads only change the interleaving of the same work; evaluation settings change nothing).
 TRAINING_KEYS = ("dim", "window", "negative", "margin", "alpha", "min_count", "sample", "epochs", "seed",
-                 "batch_size", "steps_per_block", "correction")
+                 "batch_size", "steps_per_block", "correction", "negatives")
 
 
 class JoseParams(BaseModel):
@@ -26,6 +26,11 @@ class JoseParams(BaseModel):
     ``correction`` is the update-quantity correction of the negative word's step:
     ``reference`` is jose.c's 2h (h = cos(u′, anchor)), which reverses the step when h < 0;
     ``paper`` is the rule of the paper (1 + h, always a push away from the anchor).
+    ``negatives``: ``together`` computes a tuple's K negatives from one read of its rows and
+    sums their updates (the default: faster, and the better documents on the benchmark);
+    ``sequential`` applies them one after another, each seeing the rows the previous one
+    moved, as jose.c's loop does. With ``sequential`` and a small ``batch_size`` (16) the
+    vectors match single-threaded jose.c's statistics (``docs/architecture.md``).
     A training step updates ``batch_size`` tuples from one read of the rows, and
     ``steps_per_block`` steps run in one compiled call; each step's tuples come from
     ``batch_size`` different stretches of the corpus (``kexue.embed.jose.TupleSampler``).
@@ -49,6 +54,7 @@ class JoseParams(BaseModel):
     batch_size: int = Field(256, ge=1)
     steps_per_block: int = Field(512, ge=1)
     correction: Literal["reference", "paper"] = "reference"
+    negatives: Literal["together", "sequential"] = "together"
     probe_words: tuple[str, ...] = DEFAULT_PROBE_WORDS
     label_source: str | None = "reviews"
     strategy: StrategyName = "default"
