@@ -362,6 +362,11 @@ def prefetch(iterator: Iterator[Block], depth: int = 2) -> Iterator[Block]:
 
 
 # ----------------------------------------------------------------------------- the math
+def negative_rate(h, correction: str):
+    """The update-quantity correction of the negative's step: jose.c's 2h, or the paper's 1 + h."""
+    return 2.0 * h if correction == "reference" else 1.0 + h
+
+
 def hinge_coefficients(f, h, keep, alpha, margin: float, correction: str = "reference"):
     """Riemannian SGD for max(0, m − cos(u, a) + cos(u′_k, a)) as coefficients on the rows.
 
@@ -382,7 +387,7 @@ def hinge_coefficients(f, h, keep, alpha, margin: float, correction: str = "refe
     gap = f[:, None] - h  # [B, K]
     active = tf.cast((gap < margin) & keep, f.dtype)
     rate = alpha * active
-    g = 2.0 * h if correction == "reference" else 1.0 + h
+    g = negative_rate(h, correction)
     pull = tf.reduce_sum(rate, axis=1) * (1.0 - f)  # Δu = pull·(a − f u)
     push = rate * g  # Δu′_k = push_k·(h_k u′_k − a)
     c = rate * (1.0 - gap)  # Δa = Σ_k c_k·(u − u′_k − gap_k a)
@@ -411,14 +416,18 @@ def sequential_moves(x, keep, alpha, margin: float, correction: str = "reference
     """
     u, a = x[:, 0], x[:, 1]
     moved, loss = [], 0.0
-    for k in range(x.shape[1] - 2):
-        r = tf.stack([u, a, x[:, 2 + k]], axis=1)
-        coefficients, loss_k = hinge_coefficients(row_sums(u * a), row_sums(r[:, 2:] * a[:, None]), keep[:, k:k + 1],
-                                                  alpha, margin, correction)
-        r = unit_rows(r + combine_rows(coefficients, r))
-        u, a = r[:, 0], r[:, 1]
-        moved.append(r[:, 2])
-        loss += loss_k
+    for k in range(x.shape[1] - 2):  # hinge_coefficients' rule for K = 1, written out on unit rows
+        neg = x[:, 2 + k]
+        f, h = row_sums(u * a), row_sums(neg * a)
+        gap = f - h
+        active = tf.cast((gap < margin) & keep[:, k], f.dtype)
+        rate = (alpha * active)[:, None]
+        step_u, step_neg, step_a = rate * (1.0 - f)[:, None], rate * negative_rate(h, correction)[:, None], rate * (1.0 - gap)[:, None]
+        u, neg, a = (unit_rows(u + step_u * (a - f[:, None] * u)),
+                     unit_rows(neg + step_neg * (h[:, None] * neg - a)),
+                     unit_rows(a + step_a * (u - neg - gap[:, None] * a)))
+        moved.append(neg)
+        loss += active * (margin - gap)
     return tf.stack([u, a, *moved], axis=1), loss
 
 
