@@ -422,10 +422,10 @@ def sequential_moves(x, keep, alpha, margin: float, correction: str = "reference
         gap = f - h
         active = tf.cast((gap < margin) & keep[:, k], f.dtype)
         rate = (alpha * active)[:, None]
-        step_u, step_neg, step_a = rate * (1.0 - f)[:, None], rate * negative_rate(h, correction)[:, None], rate * (1.0 - gap)[:, None]
-        u, neg, a = (unit_rows(u + step_u * (a - f[:, None] * u)),
-                     unit_rows(neg + step_neg * (h[:, None] * neg - a)),
-                     unit_rows(a + step_a * (u - neg - gap[:, None] * a)))
+        f_, h_, gap_ = f[:, None], h[:, None], gap[:, None]
+        u, neg, a = (unit_rows(u + rate * (1.0 - f_) * (a - f_ * u)),  # all three from the rows before
+                     unit_rows(neg + rate * negative_rate(h_, correction) * (h_ * neg - a)),
+                     unit_rows(a + rate * (1.0 - gap_) * (u - neg - gap_ * a)))
         moved.append(neg)
         loss += active * (margin - gap)
     return tf.stack([u, a, *moved], axis=1), loss
@@ -649,7 +649,8 @@ class EpochProgress:
 class TrainResult:
     """What training did; the vectors ``u``, ``v``, ``d`` (unit rows) are read from the final
     checkpoint when first asked for, so a caller can free what it no longer needs first
-    (``train_jose_stage`` drops the corpus's token arrays)."""
+    (``train_jose_stage`` drops the corpus's token arrays). Ask before training into the
+    same folder again: a run with other settings replaces that checkpoint."""
 
     checkpoints: "Checkpoints"
     fingerprint: str
@@ -664,8 +665,8 @@ class TrainResult:
 
     @functools.cached_property
     def _vectors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        # the last checkpoint holds the final table: reading it back (rather than copying the
-        # variable out) means the table and its copy never coexist
+        # the last checkpoint holds the final table: read back once the model is gone, rather
+        # than copied out of the variable while it is alive
         final = self.checkpoints.load(self.fingerprint)
         if final is None or final[0] != self.epochs:
             raise RuntimeError(f"JoSE: the checkpoint of epoch {self.epochs} in {self.checkpoints.directory} "
