@@ -193,7 +193,7 @@ def test_positions_of_short_documents_match_the_jose_c_loop(tmp_path, negatives)
     model.renormalise()
 
     want = {"u": u0.astype(np.float64), "v": v0.astype(np.float64), "d": d0.astype(np.float64)}
-    ids, doc_of = corpus.ids, corpus.doc
+    ids, doc_of = corpus.ids, corpus.doc_rows()
     queue = iter(draws)
     for p in range(len(ids)):
         word = ids[p]
@@ -292,7 +292,7 @@ def test_corpus_is_read_alike_from_dictionary_encoded_and_plain_parquet(tmp_path
     row = {w: i for i, w in enumerate(kept)}
     assert corpus.words == kept and corpus.counts.tolist() == [counts[w] for w in kept]
     want = [(row[w], i) for i, d in enumerate(docs) for w in (d or []) if w in row]
-    assert corpus.ids.tolist() == [r for r, _ in want] and corpus.doc.tolist() == [i for _, i in want]
+    assert corpus.ids.tolist() == [r for r, _ in want] and corpus.doc_rows().tolist() == [i for _, i in want]
     assert corpus.doc_ids == [f"d{i}" for i in range(len(docs))] and corpus.labels == [None] * len(docs)
 
 
@@ -512,4 +512,4 @@ def test_sampler_finds_each_tokens_document_from_the_lengths(tmp_path):
     assert len(bounds) > 2 and bounds[-1][1] == corpus.train_words
     got = np.concatenate([sampler._documents(start, end) for start, end in bounds])
     np.testing.assert_array_equal(got, [0, 0, 0, 3, 4, 4, 4, 4, 6, 6])
-    np.testing.assert_array_equal(got, corpus.doc)
+    np.testing.assert_array_equal(got, corpus.doc_rows())

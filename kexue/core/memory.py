@@ -31,12 +31,18 @@ MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim the range's pages now (madvise(2))
 
 
 @functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library (``errno`` kept for ``ctypes.get_errno``), or None where it cannot be loaded."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+@functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
     """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
+    return getattr(_libc(), "malloc_trim", None)
 
 
 def release_freed_memory() -> None:
@@ -51,11 +57,8 @@ def release_freed_memory() -> None:
 @functools.cache
 def _madvise() -> Callable[[int, int, int], int] | None:
     """The C library's ``madvise``, or None off Linux."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        f = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).madvise
-    except (OSError, AttributeError):
+    f = getattr(_libc(), "madvise", None) if sys.platform.startswith("linux") else None
+    if f is None:
         return None
     f.argtypes, f.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
     return f

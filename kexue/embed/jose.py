@@ -49,7 +49,7 @@ import threading
 import time
 import zipfile
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -82,7 +82,7 @@ class Corpus:
     """The training corpus as index arrays: every in-vocabulary token of every document.
 
     ``ids[t]`` is the vocabulary row of token t; documents are contiguous, document i holding
-    ``doc_lengths[i]`` tokens (``doc`` spells out each token's document). Why lengths and not a
+    ``doc_lengths[i]`` tokens (``doc_rows`` spells out each token's document). Why lengths and not a
     document row per token: that array was as large as ``ids`` (42 MB at 218 k documents).
     Tokens not in the vocabulary (below ``min_count``, or containing whitespace, which
     word2vec text cannot store) are dropped before windows are formed, as in the reference.
@@ -100,16 +100,16 @@ class Corpus:
     def train_words(self) -> int:
         return int(self.ids.shape[0])
 
-    @property
-    def doc(self) -> np.ndarray:
-        """int32 [N]: each token's document row (built on demand; training never needs it whole)."""
-        return np.repeat(np.arange(len(self.doc_lengths), dtype=np.int32), self.doc_lengths)
+    def doc_rows(self, first: int = 0, stop: int | None = None) -> np.ndarray:
+        """int32: the document row of each token of documents ``first, stop`` (all by default),
+        built on demand: training asks for one chunk's at a time."""
+        stop = len(self.doc_lengths) if stop is None else stop
+        return np.repeat(np.arange(first, stop, dtype=np.int32), self.doc_lengths[first:stop])
 
     def without_tokens(self) -> "Corpus":
         """The same documents and vocabulary with no token arrays: what is left to write and
         evaluate the vectors once training is done (the arrays were 8 bytes a token)."""
-        return Corpus(words=self.words, counts=self.counts, doc_ids=self.doc_ids, sources=self.sources,
-                      labels=self.labels, ids=np.zeros(0, np.int32), doc_lengths=np.zeros(0, np.int32))
+        return replace(self, ids=np.zeros(0, np.int32), doc_lengths=np.zeros(0, np.int32))
 
     def fingerprint(self) -> str:
         return sha256_text(
@@ -248,7 +248,7 @@ class TupleSampler:
     def _documents(self, start: int, end: int) -> np.ndarray:
         """Each token's document row for tokens ``start, end`` (a chunk: whole documents)."""
         first, stop = np.searchsorted(self.doc_ends, [start, end], side="right")
-        return np.repeat(np.arange(first, stop, dtype=np.int32), self.corpus.doc_lengths[first:stop])
+        return self.corpus.doc_rows(int(first), int(stop))
 
     def tuples(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(rows int32 [T, 2 + K], raw int64 [T]) chunk by chunk, in the reference's order.
