@@ -320,6 +320,23 @@ def test_tuples_stay_inside_documents_and_windows(tmp_path):
     assert per_position.max() <= 2 * params.window and rows.shape[1] == 2 + params.negative
 
 
+@pytest.mark.parametrize("line_end", [True, False])
+def test_negatives_follow_the_reference_table_with_its_line_end_token(tmp_path, line_end):
+    """jose.c's unigram^0.75 table holds ``</s>`` with one count per line (document), and a
+    draw of it becomes a uniform word: with 400 one-token documents that is a large share."""
+    docs = [["a"]] * 300 + [[f"r{i}"] for i in range(10)] * 10
+    tokens_paths, vocab_path, _ = write_corpus(tmp_path, docs)
+    params = JoseParams(dim=4, min_count=1, sample=0.0, line_end_negatives=line_end)
+    corpus = load_corpus(tokens_paths, vocab_path, params.min_count)
+    sampler = TupleSampler(corpus, params)
+    drawn = np.concatenate([rows[:, 2:].ravel() for epoch in range(25) for rows, _ in sampler.tuples(epoch)])
+    weight = corpus.counts ** 0.75
+    line_end_weight = len(docs) ** 0.75 if line_end else 0.0
+    expected = (weight + line_end_weight / len(weight)) / (weight.sum() + line_end_weight)
+    observed = np.bincount(drawn, minlength=len(weight)) / drawn.shape[0]
+    np.testing.assert_allclose(observed, expected, atol=0.015)  # 20,000 draws: 3.5 standard errors
+
+
 def test_blocks_spread_consecutive_tuples_over_steps(tmp_path):
     tokens_paths, vocab_path, _ = planted_topic_corpus(tmp_path, topics=1, docs_per_topic=3, length=20)
     params = JoseParams.model_validate({**SMALL, "epochs": 2, "batch_size": 8, "steps_per_block": 4})

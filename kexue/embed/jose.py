@@ -205,8 +205,8 @@ class TupleSampler:
     every neighbour q inside it and inside p's document makes a word–word tuple
     (u[q], v[p], negatives), then p makes its word–document tuple (u[p], d[p's document],
     negatives); negatives come from the unigram^0.75 table, ``negative`` fresh ones per
-    tuple. The learning rate decays linearly over all epochs' raw tokens, floored at
-    alpha·1e-4 (reference).
+    tuple (with ``line_end_negatives``, the reference's share of uniform ones). The learning
+    rate decays linearly over all epochs' raw tokens, floored at alpha·1e-4 (reference).
     """
 
     def __init__(self, corpus: Corpus, params: JoseParams, chunk_tokens: int = 1 << 15):
@@ -222,14 +222,17 @@ class TupleSampler:
         )
         # The reference's table of unigram^0.75 (a draw is one random index into it), sized
         # so that each word's share is resolved to ~1/(64·V) (the reference's 1e8 entries
-        # are 400 MB, most of its memory).
+        # are 400 MB, most of its memory). With ``line_end_negatives`` its last entry, V, is
+        # jose.c's line-end token (counted once per document), drawn as a uniform word.
         weights = counts**0.75
+        if params.line_end_negatives:
+            weights = np.append(weights, float(len(corpus.doc_lengths)) ** 0.75)
         cdf = np.cumsum(weights / weights.sum())
-        size = int(min(1 << 24, max(1 << 20, 64 * len(counts))))
+        size = int(min(1 << 24, max(1 << 20, 64 * len(weights))))
         self.negative_table = np.empty(size, np.int32)
         for i in range(0, size, 1 << 20):  # in slices: whole-table float64 temporaries were ~100 MB at 4M entries
             j = min(i + (1 << 20), size)
-            self.negative_table[i:j] = np.minimum(np.searchsorted(cdf, (np.arange(i, j) + 0.5) / size), len(counts) - 1)
+            self.negative_table[i:j] = np.minimum(np.searchsorted(cdf, (np.arange(i, j) + 0.5) / size), len(weights) - 1)
         self.doc_ends = np.cumsum(corpus.doc_lengths, dtype=np.int64)  # one past each document's last token
         # first position of each document that has tokens, and the end of the corpus
         self.doc_starts = np.append((self.doc_ends - corpus.doc_lengths)[corpus.doc_lengths > 0], corpus.train_words)
@@ -276,8 +279,11 @@ class TupleSampler:
             rows = np.empty((take.shape[0], 2 + cfg.negative), np.int32)
             rows[:, 0] = np.where(is_doc, word[position], word[neighbour[position, np.minimum(slot, slots - 2)]])
             rows[:, 1] = np.where(is_doc, self.d_offset + doc[position], self.v_offset + word[position])
-            rows[:, 2:] = self.negative_table[
+            negatives = self.negative_table[
                 rng.integers(0, self.negative_table.shape[0], (take.shape[0], cfg.negative), dtype=np.int32)]
+            line_end = negatives == self.v_offset  # the reference: target = next_random % (vocab_size - 1) + 1
+            negatives[line_end] = rng.integers(0, self.v_offset, int(line_end.sum()), dtype=np.int32)
+            rows[:, 2:] = negatives
             yield rows, start + kept[position].astype(np.int64)
 
     def blocks(self, epoch: int) -> Iterator[Block]:
@@ -400,35 +406,40 @@ def hinge_coefficients(f, h, keep, alpha, margin: float, correction: str = "refe
     return coefficients, loss
 
 
-def unit_rows(x):
-    """``x`` with each row (last axis) scaled to unit length."""
-    return x * tf.math.rsqrt(row_sums(x * x))[..., None]
-
-
-def sequential_moves(x, keep, alpha, margin: float, correction: str = "reference"):
+def sequential_moves(gram, keep, alpha, margin: float, correction: str = "reference"):
     """jose.c's order for a tuple's K negatives: one after another, each hinge evaluated on the
     rows as the previous negative left them (renormalised), as the C loop does.
 
-    ``x`` [B, 2+K, D] unit rows (u, anchor, u′_1..u′_K), ``keep`` [B, K] as for
-    ``hinge_coefficients``. Returns the moved unit rows [B, 2+K, D] and the hinge loss [B].
+    ``gram`` [B, E, E] (E = 2+K) holds the cosines x_i·x_j of the tuple's unit rows
+    (u, anchor, u′_1..u′_K); ``keep`` [B, K] as for ``hinge_coefficients``. Every move is a
+    combination of the tuple's rows, so the rows are carried as coefficients M (row i is
+    Σ_j M_ij x_j) and every cosine as q G pᵀ: the K moves cost E² flops, not D-sized passes.
+    Returns M − I (Δx = (M − I) x) [B, E, E] and the hinge loss [B].
     Why it matters: summed from one read (``negatives="together"``), a second negative can
     push on a pair the first one already separated past the margin; here it sees that.
     """
-    u, a = x[:, 0], x[:, 1]
-    moved, loss = [], 0.0
-    for k in range(x.shape[1] - 2):  # hinge_coefficients' rule for K = 1, written out on unit rows
-        neg = x[:, 2 + k]
-        f, h = row_sums(u * a), row_sums(neg * a)
+    e = gram.shape[1]
+
+    def dot(p, q):  # cosine of the rows with coefficients p and q [B, E]
+        return tf.reduce_sum(p[:, :, None] * gram * q[:, None, :], axis=[1, 2])[:, None]
+
+    def unit(q):
+        return q * tf.math.rsqrt(dot(q, q))
+
+    eye = tf.eye(e, batch_shape=tf.shape(gram)[:1], dtype=gram.dtype)
+    u, a, moved, loss = eye[:, 0], eye[:, 1], [], 0.0
+    for k in range(e - 2):  # hinge_coefficients' rule for K = 1, one negative at a time
+        neg = eye[:, 2 + k]
+        f, h = dot(u, a), dot(neg, a)
         gap = f - h
-        active = tf.cast((gap < margin) & keep[:, k], f.dtype)
+        active = tf.cast((gap[:, 0] < margin) & keep[:, k], gram.dtype)
         rate = (alpha * active)[:, None]
-        f_, h_, gap_ = f[:, None], h[:, None], gap[:, None]
-        u, neg, a = (unit_rows(u + rate * (1.0 - f_) * (a - f_ * u)),  # all three from the rows before
-                     unit_rows(neg + rate * negative_rate(h_, correction) * (h_ * neg - a)),
-                     unit_rows(a + rate * (1.0 - gap_) * (u - neg - gap_ * a)))
+        u, neg, a = (unit(u + rate * (1.0 - f) * (a - f * u)),  # all three from the rows before
+                     unit(neg + rate * negative_rate(h, correction) * (h * neg - a)),
+                     unit(a + rate * (1.0 - gap) * (u - neg - gap * a)))
         moved.append(neg)
-        loss += active * (margin - gap)
-    return tf.stack([u, a, *moved], axis=1), loss
+        loss += active * (margin - gap[:, 0])
+    return tf.stack([u, a, *moved], axis=1) - eye, loss
 
 
 def row_sums(x):
@@ -529,18 +540,22 @@ class JoseModel(tf.Module):
         r = tf.gather(self.table, rows)  # [B, 2+K, D] stored rows
         word = tf.where(rows[:, 1] < 2 * self.words, rows[:, 1] - self.words, rows[:, 0])  # the position's word
         keep = (rows[:, 2:] != word[:, None]) & real[:, None]  # the reference skips a negative equal to it
-        if p.negatives == "sequential":
-            norm = tf.sqrt(row_sums(r * r))[:, :, None]
-            x = r / norm
-            moved, loss = sequential_moves(x, keep, alpha, p.margin, p.correction)
-            delta = norm * (moved - x)  # a stored row keeps its length: n·x becomes n·x_moved
+        sequential = p.negatives == "sequential"
+        if sequential:
+            products = row_sums(r[:, :, None] * r[:, None])  # [B, E, E]: r_i·r_j
+            norm = tf.sqrt(tf.linalg.diag_part(products))
+            coefficients, loss = sequential_moves(
+                products / (norm[:, :, None] * norm[:, None, :]), keep, alpha, p.margin, p.correction)
         else:
             e = r.shape[1]
-            sums = row_sums(tf.concat([r * r, r * r[:, 1:2, :]], axis=1))  # [B, 2(2+K)]: |x_j|², x_j·a
+            sums = row_sums(tf.concat([r * r, r * r[:, 1:2, :]], axis=1))  # [B, 2E]: |x_j|², x_j·a
             norm = tf.sqrt(sums[:, :e])
             cosine = sums[:, e:] / (norm * norm[:, 1:2])  # cos(x_j, a)
             coefficients, loss = hinge_coefficients(cosine[:, 0], cosine[:, 2:], keep, alpha, p.margin, p.correction)
-            coefficients *= norm[:, :, None] / norm[:, None, :]  # Δr_i = n_i Σ_j C_ij r_j / n_j
+        coefficients *= norm[:, :, None] / norm[:, None, :]  # Δr_i = n_i Σ_j C_ij r_j / n_j
+        if sequential:  # every Δr_i may take every row
+            delta = tf.reduce_sum(coefficients[..., None] * r[:, None], axis=2)
+        else:
             delta = combine_rows(coefficients, r)
         self.table.scatter_add(tf.IndexedSlices(tf.reshape(delta, [-1, p.dim]), tf.reshape(rows, [-1])))
         return tf.reduce_sum(loss)

@@ -17,7 +17,7 @@ StrategyName = Literal["default", "one_device_cpu"]  # kexue.embed.jose.STRATEGI
 # What a checkpoint must agree on to be resumed: everything that changes the trained vectors
 # (threads only change the interleaving of the same work; evaluation settings change nothing).
 TRAINING_KEYS = ("dim", "window", "negative", "margin", "alpha", "min_count", "sample", "epochs", "seed",
-                 "batch_size", "steps_per_block", "correction", "negatives")
+                 "batch_size", "steps_per_block", "correction", "negatives", "line_end_negatives")
 
 
 class JoseParams(BaseModel):
@@ -34,6 +34,10 @@ class JoseParams(BaseModel):
     A training step updates ``batch_size`` tuples from one read of the rows, and
     ``steps_per_block`` steps run in one compiled call; each step's tuples come from
     ``batch_size`` different stretches of the corpus (``kexue.embed.jose.TupleSampler``).
+    ``line_end_negatives``: jose.c's unigram table also holds its line-end token ``</s>``
+    (one count per document, i.e. per line), and a draw of it becomes a uniform random word;
+    true keeps that share of uniform negatives (0.7 % of draws on the benchmark corpus, more
+    on a corpus of short documents), false draws from the vocabulary's unigram^0.75 only.
     ``threads``: 1 samples tuples and trains in one thread, 2 or more give the sampler its
     own; the vectors are the same either way. ``warm_start`` is read by the stage: start
     from the last finished run's vectors.
@@ -55,6 +59,7 @@ class JoseParams(BaseModel):
     steps_per_block: int = Field(512, ge=1)
     correction: Literal["reference", "paper"] = "reference"
     negatives: Literal["together", "sequential"] = "together"
+    line_end_negatives: bool = Field(True, strict=True)
     probe_words: tuple[str, ...] = DEFAULT_PROBE_WORDS
     label_source: str | None = "reviews"
     strategy: StrategyName = "default"
