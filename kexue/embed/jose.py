@@ -281,8 +281,9 @@ class TupleSampler:
             rows[:, 1] = np.where(is_doc, self.d_offset + doc[position], self.v_offset + word[position])
             negatives = self.negative_table[
                 rng.integers(0, self.negative_table.shape[0], (take.shape[0], cfg.negative), dtype=np.int32)]
-            line_end = negatives == self.v_offset  # the reference: target = next_random % (vocab_size - 1) + 1
-            negatives[line_end] = rng.integers(0, self.v_offset, int(line_end.sum()), dtype=np.int32)
+            words = len(self.corpus.words)  # the table's line-end entry (line_end_negatives)
+            line_end = negatives == words  # the reference: target = next_random % (vocab_size - 1) + 1
+            negatives[line_end] = rng.integers(0, words, int(line_end.sum()), dtype=np.int32)
             rows[:, 2:] = negatives
             yield rows, start + kept[position].astype(np.int64)
 
@@ -463,6 +464,11 @@ def combine_rows(coefficients, r):
     return tf.concat([du[:, None], da[:, None], dneg], axis=1)
 
 
+def combine_all_rows(coefficients, r):
+    """Δr_i = Σ_j C_ij r_j with every C_ij: after ``sequential_moves`` each row may take every row."""
+    return tf.reduce_sum(coefficients[..., None] * r[:, None], axis=2)
+
+
 def normalise_rows(x: np.ndarray) -> np.ndarray:
     """Scale the rows of ``x`` to unit length in place (no temporary of x's size); returns x."""
     x *= (1.0 / np.sqrt(np.einsum("ij,ij->i", x, x)))[:, None]
@@ -540,23 +546,21 @@ class JoseModel(tf.Module):
         r = tf.gather(self.table, rows)  # [B, 2+K, D] stored rows
         word = tf.where(rows[:, 1] < 2 * self.words, rows[:, 1] - self.words, rows[:, 0])  # the position's word
         keep = (rows[:, 2:] != word[:, None]) & real[:, None]  # the reference skips a negative equal to it
-        sequential = p.negatives == "sequential"
-        if sequential:
+        if p.negatives == "sequential":
             products = row_sums(r[:, :, None] * r[:, None])  # [B, E, E]: r_i·r_j
             norm = tf.sqrt(tf.linalg.diag_part(products))
             coefficients, loss = sequential_moves(
                 products / (norm[:, :, None] * norm[:, None, :]), keep, alpha, p.margin, p.correction)
+            combine = combine_all_rows
         else:
             e = r.shape[1]
             sums = row_sums(tf.concat([r * r, r * r[:, 1:2, :]], axis=1))  # [B, 2E]: |x_j|², x_j·a
             norm = tf.sqrt(sums[:, :e])
             cosine = sums[:, e:] / (norm * norm[:, 1:2])  # cos(x_j, a)
             coefficients, loss = hinge_coefficients(cosine[:, 0], cosine[:, 2:], keep, alpha, p.margin, p.correction)
+            combine = combine_rows
         coefficients *= norm[:, :, None] / norm[:, None, :]  # Δr_i = n_i Σ_j C_ij r_j / n_j
-        if sequential:  # every Δr_i may take every row
-            delta = tf.reduce_sum(coefficients[..., None] * r[:, None], axis=2)
-        else:
-            delta = combine_rows(coefficients, r)
+        delta = combine(coefficients, r)
         self.table.scatter_add(tf.IndexedSlices(tf.reshape(delta, [-1, p.dim]), tf.reshape(rows, [-1])))
         return tf.reduce_sum(loss)
 
